@@ -1,0 +1,176 @@
+"""The `dicom-gateway` command: serve, check-config, trace, queue, retry.
+
+Every command reads the same YAML config (`--config`, or $DICOM_GATEWAY_CONFIG, or
+./gateway.yaml). Errors print one line that names the problem and the fix, and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from gateway import __version__
+from gateway.config import Settings, load_settings
+from gateway.db import Database, open_database
+from gateway.exceptions import GatewayError
+from gateway.report import format_queue, format_trace, study_trace
+
+log = logging.getLogger("gateway")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.handler(args))
+    except GatewayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dicom-gateway", description="DICOMweb-first gateway and DIMSE bridge"
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("GATEWAY_LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument(
+            "--config",
+            "-c",
+            default=os.environ.get("DICOM_GATEWAY_CONFIG", "gateway.yaml"),
+            help="YAML config file (default: $DICOM_GATEWAY_CONFIG or gateway.yaml)",
+        )
+        return sub
+
+    serve = command("serve", "run the gateway until SIGINT/SIGTERM")
+    serve.set_defaults(handler=_serve)
+    check = command("check-config", "validate the config file and print a summary")
+    check.set_defaults(handler=_check_config)
+    trace = command("trace", "show where a study went, which rule sent it there and why")
+    trace.add_argument("study_uid")
+    trace.add_argument("--json", action="store_true", help="machine-readable output")
+    trace.set_defaults(handler=_trace)
+    queue = command("queue", "delivery queue depth and oldest age per destination and state")
+    queue.add_argument("--json", action="store_true", help="machine-readable output")
+    queue.set_defaults(handler=_queue)
+    retry = command("retry", "re-queue dead deliveries of a destination")
+    retry.add_argument("destination")
+    retry.add_argument("--study", help="only this StudyInstanceUID")
+    retry.set_defaults(handler=_retry)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gateway.service import Gateway
+
+    settings = _settings(args)
+    gateway = Gateway(settings)
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received signal %d, stopping", signum)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    gateway.start()
+    log.info(
+        "gateway %s ready: DIMSE port %d, %d destination(s), %d rule(s)",
+        settings.node.ae_title,
+        gateway.dimse_port,
+        len(settings.destinations),
+        len(settings.routes),
+    )
+    stopping.wait()
+    gateway.stop()
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    node = settings.node
+    print(f"config {args.config} is valid")
+    print(
+        f"  node: AE {node.ae_title}, DIMSE {node.dimse.host}:{node.dimse.port}"
+        + (f", HTTP {node.http.host}:{node.http.port}" if node.http else "")
+    )
+    print(f"  storage: spool {settings.storage.spool}, database {settings.storage.database}")
+    for name, destination in settings.destinations.items():
+        where = (
+            destination.url
+            if destination.type == "dicomweb"
+            else f"{destination.ae_title}@{destination.host}:{destination.port}"
+        )
+        print(f"  destination {name}: {destination.type} {where}")
+    for rule in settings.routes:
+        flags = " (final)" if rule.final else ""
+        print(f"  rule {rule.name}: -> {', '.join(rule.forward)}{flags}")
+    default = settings.routing_default
+    print(f"  no rule matched: {'hold' if default is None else ', '.join(default)}")
+    return 0
+
+
+def _open_db(args: argparse.Namespace) -> Database:
+    return open_database(_settings(args).storage.database)
+
+
+def _trace(args: argparse.Namespace) -> int:
+    db = _open_db(args)
+    trace = study_trace(db, args.study_uid)
+    if args.json:
+        print(json.dumps(trace, indent=2, default=str))
+    else:
+        print(format_trace(trace))
+    return 0 if trace["instances"] else 1
+
+
+def _queue(args: argparse.Namespace) -> int:
+    from gateway.db.deliveries import queue_summary
+
+    rows = queue_summary(_open_db(args))
+    print(json.dumps(rows, indent=2) if args.json else format_queue(rows))
+    return 0
+
+
+def _retry(args: argparse.Namespace) -> int:
+    from gateway.db.deliveries import requeue_dead
+
+    settings = _settings(args)
+    if args.destination not in settings.destinations:
+        known = ", ".join(settings.destinations) or "none"
+        print(f"error: no destination {args.destination!r}; configured: {known}", file=sys.stderr)
+        return 2
+    count = requeue_dead(
+        open_database(settings.storage.database), args.destination, study_uid=args.study
+    )
+    scope = f" of study {args.study}" if args.study else ""
+    print(
+        f"re-queued {count} dead deliver{'y' if count == 1 else 'ies'}{scope} "
+        f"for {args.destination}"
+    )
+    return 0

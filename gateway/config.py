@@ -1,0 +1,509 @@
+"""Typed, frozen settings read from one YAML file (plus `${ENV}` expansion).
+
+Every error names the key path (`destinations.cloud.url`) and says how to fix it, because the
+person reading it is an integration engineer at a console, not a Python developer.
+Relative `file://` and `sqlite:///` paths are resolved against the config file's folder so a
+service starts the same way whatever its working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from gateway.dicom.uids import validate_ae_title
+from gateway.exceptions import ConfigError, InvalidInputError
+from gateway.routing.rules import Rule, load_default, load_rules
+
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+DuplicatePolicy = Literal["overwrite", "ignore", "reject"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Endpoint:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsSettings:
+    cert: Path
+    key: Path
+    ca: Path | None = None
+    require_client_cert: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeSettings:
+    ae_title: str
+    dimse: Endpoint
+    http: Endpoint | None
+    site: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StorageSettings:
+    spool: str
+    database: str
+    retention_hours: float = 24.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AllowedCaller:
+    ae_title: str
+    host: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DimseSettings:
+    allowed_callers: tuple[AllowedCaller, ...] | None = None  # None: any caller
+    require_called_ae: bool = True
+    max_associations: int = 16
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 120.0
+    network_timeout: float = 60.0
+    max_pdu: int = 262_144
+    tls: TlsSettings | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    max_attempts: int = 20
+    max_age_hours: float = 72.0
+    initial_backoff: float = 5.0
+    max_backoff: float = 900.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DicomwebDestination:
+    name: str
+    url: str
+    timeout: float = 60.0
+    max_batch_bytes: int = 64 * 1024 * 1024
+    max_batch_instances: int = 100
+    workers: int = 1
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    auth: Mapping[str, Any] | None = None
+    verify: bool | str = True
+    type: Literal["dicomweb"] = "dicomweb"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DimseDestination:
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    calling_ae_title: str | None = None
+    max_batch_instances: int = 200
+    max_batch_bytes: int = 512 * 1024 * 1024
+    workers: int = 1
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 120.0
+    network_timeout: float = 60.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    tls: TlsSettings | None = None
+    type: Literal["dimse"] = "dimse"
+
+
+Destination = DicomwebDestination | DimseDestination
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliverySettings:
+    lease_seconds: float = 300.0
+    poll_interval: float = 0.5
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IngestSettings:
+    duplicate_policy: DuplicatePolicy = "overwrite"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    source: Path | None
+    node: NodeSettings
+    storage: StorageSettings
+    dimse: DimseSettings
+    destinations: Mapping[str, Destination]
+    routes: tuple[Rule, ...]
+    routing_default: tuple[str, ...] | None
+    delivery: DeliverySettings
+    ingest: IngestSettings
+    auth: Mapping[str, Any]
+
+
+def load_settings(path: str | os.PathLike[str]) -> Settings:
+    """Read, expand and validate a YAML config file."""
+    config_path = Path(path)
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {config_path}: {exc.strerror}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{config_path} is not valid YAML: {exc}") from exc
+    if raw is None:
+        raw = {}
+    return parse_settings(
+        _expand_env(raw, "config"), base_dir=config_path.parent.resolve(), source=config_path
+    )
+
+
+def parse_settings(raw: object, *, base_dir: Path, source: Path | None = None) -> Settings:
+    """Validate an already-parsed mapping into `Settings`."""
+    top = _mapping(raw, "config")
+    _no_unknown(
+        top,
+        "config",
+        {
+            "node",
+            "storage",
+            "dimse",
+            "destinations",
+            "routes",
+            "routing_default",
+            "delivery",
+            "ingest",
+            "auth",
+        },
+    )
+    node = _node(top.get("node", {}))
+    storage = _storage(top.get("storage", {}), base_dir)
+    dimse = _dimse(top.get("dimse", {}), base_dir)
+    destinations = _destinations(top.get("destinations", {}), node.ae_title, base_dir)
+    routes = load_rules(top.get("routes", []), destinations.keys())
+    default = load_default(top.get("routing_default", "hold"), destinations.keys())
+    delivery_raw = _mapping(top.get("delivery", {}), "delivery")
+    _no_unknown(delivery_raw, "delivery", {"lease_seconds", "poll_interval"})
+    delivery = DeliverySettings(
+        lease_seconds=_number(delivery_raw, "delivery", "lease_seconds", 300.0, minimum=5),
+        poll_interval=_number(delivery_raw, "delivery", "poll_interval", 0.5, minimum=0.01),
+    )
+    ingest_raw = _mapping(top.get("ingest", {}), "ingest")
+    _no_unknown(ingest_raw, "ingest", {"duplicate_policy"})
+    policy = ingest_raw.get("duplicate_policy", "overwrite")
+    if policy not in ("overwrite", "ignore", "reject"):
+        raise ConfigError(
+            f"ingest.duplicate_policy is {policy!r}; use one of overwrite, ignore, reject"
+        )
+    auth = _mapping(top.get("auth", {"mode": "builtin"}), "auth")
+    return Settings(
+        source=source,
+        node=node,
+        storage=storage,
+        dimse=dimse,
+        destinations=destinations,
+        routes=routes,
+        routing_default=default,
+        delivery=delivery,
+        ingest=IngestSettings(duplicate_policy=policy),
+        auth=auth,
+    )
+
+
+def _node(raw: object) -> NodeSettings:
+    node = _mapping(raw, "node")
+    _no_unknown(node, "node", {"ae_title", "dimse", "http", "site"})
+    ae_title = _ae_title(node.get("ae_title", "GATEWAY"), "node.ae_title")
+    dimse = _endpoint(node.get("dimse", {}), "node.dimse", default_port=11112)
+    http = (
+        None
+        if node.get("http", {}) is None
+        else _endpoint(node.get("http", {}), "node.http", default_port=8080)
+    )
+    site = node.get("site")
+    if site is not None and not isinstance(site, str):
+        raise ConfigError("node.site must be a text name such as 'main-campus'")
+    return NodeSettings(ae_title=ae_title, dimse=dimse, http=http, site=site)
+
+
+def _storage(raw: object, base_dir: Path) -> StorageSettings:
+    storage = _mapping(raw, "storage")
+    _no_unknown(storage, "storage", {"spool", "database", "retention_hours"})
+    spool = _text(storage, "storage", "spool", "file://./data/spool")
+    database = _text(storage, "storage", "database", "sqlite:///./data/gateway.db")
+    if spool.startswith("file://"):
+        spool = "file://" + str(_resolve(spool[len("file://") :], base_dir))
+    elif not spool.startswith("s3://"):
+        raise ConfigError(f"storage.spool is {spool!r}; use file://PATH or s3://BUCKET/PREFIX")
+    if database.startswith("sqlite:///"):
+        database = "sqlite:///" + str(_resolve(database[len("sqlite:///") :], base_dir))
+    elif not database.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            f"storage.database is {database!r}; use sqlite:///PATH or postgresql://USER@HOST/DB"
+        )
+    retention = _number(storage, "storage", "retention_hours", 24.0, minimum=0)
+    return StorageSettings(spool=spool, database=database, retention_hours=retention)
+
+
+def _dimse(raw: object, base_dir: Path) -> DimseSettings:
+    dimse = _mapping(raw, "dimse")
+    _no_unknown(
+        dimse,
+        "dimse",
+        {
+            "allowed_callers",
+            "require_called_ae",
+            "max_associations",
+            "acse_timeout",
+            "dimse_timeout",
+            "network_timeout",
+            "max_pdu",
+            "tls",
+        },
+    )
+    callers_raw = dimse.get("allowed_callers")
+    callers: tuple[AllowedCaller, ...] | None = None
+    if callers_raw is not None:
+        if not isinstance(callers_raw, list):
+            raise ConfigError("dimse.allowed_callers must be a list of {ae_title, host}")
+        items = []
+        for index, item in enumerate(callers_raw):
+            key = f"dimse.allowed_callers[{index}]"
+            entry = _mapping(item, key)
+            _no_unknown(entry, key, {"ae_title", "host"})
+            host = entry.get("host")
+            if host is not None and not isinstance(host, str):
+                raise ConfigError(f"{key}.host must be an IP address or host name")
+            items.append(
+                AllowedCaller(
+                    ae_title=_ae_title(entry.get("ae_title"), f"{key}.ae_title"), host=host
+                )
+            )
+        callers = tuple(items)
+    require_called = dimse.get("require_called_ae", True)
+    if not isinstance(require_called, bool):
+        raise ConfigError("dimse.require_called_ae must be true or false")
+    return DimseSettings(
+        allowed_callers=callers,
+        require_called_ae=require_called,
+        max_associations=int(_number(dimse, "dimse", "max_associations", 16, minimum=1)),
+        acse_timeout=_number(dimse, "dimse", "acse_timeout", 30.0, minimum=1),
+        dimse_timeout=_number(dimse, "dimse", "dimse_timeout", 120.0, minimum=1),
+        network_timeout=_number(dimse, "dimse", "network_timeout", 60.0, minimum=1),
+        max_pdu=int(_number(dimse, "dimse", "max_pdu", 262_144, minimum=4096)),
+        tls=_tls(dimse.get("tls"), "dimse.tls", base_dir),
+    )
+
+
+def _destinations(raw: object, node_ae: str, base_dir: Path) -> dict[str, Destination]:
+    items = _mapping(raw, "destinations")
+    result: dict[str, Destination] = {}
+    for name, value in items.items():
+        key = f"destinations.{name}"
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+            raise ConfigError(f"{key}: destination names use letters, digits, '_', '.', '-'")
+        entry = _mapping(value, key)
+        kind = entry.get("type")
+        retry = _retry(entry.get("retry", {}), f"{key}.retry")
+        workers = int(_number(entry, key, "workers", 1, minimum=1))
+        if kind == "dicomweb":
+            _no_unknown(
+                entry,
+                key,
+                {
+                    "type",
+                    "url",
+                    "timeout",
+                    "max_batch_bytes",
+                    "max_batch_instances",
+                    "workers",
+                    "retry",
+                    "auth",
+                    "verify",
+                },
+            )
+            url = _text(entry, key, "url", None)
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(
+                    f"{key}.url is {url!r}; give the DICOMweb base URL, "
+                    "e.g. https://archive.example/dicomweb"
+                )
+            auth = entry.get("auth")
+            if auth is not None:
+                auth = _mapping(auth, f"{key}.auth")
+            verify = entry.get("verify", True)
+            if not isinstance(verify, bool | str):
+                raise ConfigError(f"{key}.verify must be true, false or a CA bundle path")
+            result[name] = DicomwebDestination(
+                name=name,
+                url=url.rstrip("/"),
+                retry=retry,
+                workers=workers,
+                auth=auth,
+                verify=verify,
+                timeout=_number(entry, key, "timeout", 60.0, minimum=1),
+                max_batch_bytes=int(
+                    _number(entry, key, "max_batch_bytes", 64 * 2**20, minimum=1024)
+                ),
+                max_batch_instances=int(_number(entry, key, "max_batch_instances", 100, minimum=1)),
+            )
+        elif kind == "dimse":
+            _no_unknown(
+                entry,
+                key,
+                {
+                    "type",
+                    "ae_title",
+                    "host",
+                    "port",
+                    "calling_ae_title",
+                    "max_batch_instances",
+                    "max_batch_bytes",
+                    "workers",
+                    "acse_timeout",
+                    "dimse_timeout",
+                    "network_timeout",
+                    "retry",
+                    "tls",
+                },
+            )
+            result[name] = DimseDestination(
+                name=name,
+                retry=retry,
+                workers=workers,
+                ae_title=_ae_title(entry.get("ae_title"), f"{key}.ae_title"),
+                host=_text(entry, key, "host", None),
+                port=int(_number(entry, key, "port", None, minimum=1, maximum=65535)),
+                calling_ae_title=_ae_title(
+                    entry.get("calling_ae_title", node_ae), f"{key}.calling_ae_title"
+                ),
+                max_batch_instances=int(_number(entry, key, "max_batch_instances", 200, minimum=1)),
+                max_batch_bytes=int(
+                    _number(entry, key, "max_batch_bytes", 512 * 2**20, minimum=1024)
+                ),
+                acse_timeout=_number(entry, key, "acse_timeout", 30.0, minimum=1),
+                dimse_timeout=_number(entry, key, "dimse_timeout", 120.0, minimum=1),
+                network_timeout=_number(entry, key, "network_timeout", 60.0, minimum=1),
+                tls=_tls(entry.get("tls"), f"{key}.tls", base_dir),
+            )
+        else:
+            raise ConfigError(f"{key}.type is {kind!r}; use dicomweb (STOW-RS) or dimse (C-STORE)")
+    return result
+
+
+def _retry(raw: object, key: str) -> RetryPolicy:
+    entry = _mapping(raw, key)
+    _no_unknown(entry, key, {"max_attempts", "max_age_hours", "initial_backoff", "max_backoff"})
+    return RetryPolicy(
+        max_attempts=int(_number(entry, key, "max_attempts", 20, minimum=1)),
+        max_age_hours=_number(entry, key, "max_age_hours", 72.0, minimum=0.001),
+        initial_backoff=_number(entry, key, "initial_backoff", 5.0, minimum=0.01),
+        max_backoff=_number(entry, key, "max_backoff", 900.0, minimum=0.01),
+    )
+
+
+def _tls(raw: object, key: str, base_dir: Path) -> TlsSettings | None:
+    if raw is None:
+        return None
+    entry = _mapping(raw, key)
+    _no_unknown(entry, key, {"cert", "key", "ca", "require_client_cert"})
+    ca = entry.get("ca")
+    require = entry.get("require_client_cert", False)
+    if not isinstance(require, bool):
+        raise ConfigError(f"{key}.require_client_cert must be true or false")
+    return TlsSettings(
+        cert=_resolve(_text(entry, key, "cert", None), base_dir),
+        key=_resolve(_text(entry, key, "key", None), base_dir),
+        ca=None if ca is None else _resolve(str(ca), base_dir),
+        require_client_cert=require,
+    )
+
+
+def _endpoint(raw: object, key: str, *, default_port: int) -> Endpoint:
+    entry = _mapping(raw, key)
+    _no_unknown(entry, key, {"host", "port"})
+    return Endpoint(
+        host=_text(entry, key, "host", "0.0.0.0"),  # noqa: S104 - a listener
+        port=int(_number(entry, key, "port", default_port, minimum=0, maximum=65535)),
+    )
+
+
+def _expand_env(value: object, key: str) -> object:
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            found = os.environ.get(name, default)
+            if found is None:
+                raise ConfigError(
+                    f"{key} uses ${{{name}}} but the environment variable "
+                    f"{name} is not set; set it or write ${{{name}:-default}}"
+                )
+            return found
+
+        return _ENV_PATTERN.sub(substitute, value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _resolve(path: str, base_dir: Path) -> Path:
+    candidate = Path(path).expanduser()
+    return candidate if candidate.is_absolute() else (base_dir / candidate).resolve()
+
+
+def _mapping(value: object, key: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key} must be a mapping (key: value lines), not {type(value).__name__}")
+    return value
+
+
+def _no_unknown(entry: Mapping[str, Any], key: str, allowed: set[str]) -> None:
+    unknown = sorted(str(k) for k in entry if k not in allowed)
+    if unknown:
+        raise ConfigError(
+            f"{key}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+        )
+
+
+def _text(entry: Mapping[str, Any], key: str, name: str, default: str | None) -> str:
+    value = entry.get(name, default)
+    if value is None:
+        raise ConfigError(f"{key}.{name} is required")
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}.{name} must be a non-empty text value")
+    return value
+
+
+def _number(
+    entry: Mapping[str, Any],
+    key: str,
+    name: str,
+    default: float | None,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+) -> float:
+    value = entry.get(name, default)
+    if value is None:
+        raise ConfigError(f"{key}.{name} is required")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{key}.{name} must be a number, not {value!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{key}.{name} is {value}; it must be at least {minimum}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{key}.{name} is {value}; it must be at most {maximum}")
+    return float(value)
+
+
+def _ae_title(value: object, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} is required: an AE title of 1-16 characters")
+    try:
+        return validate_ae_title(value)
+    except InvalidInputError as exc:
+        raise ConfigError(f"{key}: {exc}") from exc

@@ -1,0 +1,54 @@
+"""The audit trail: one row per significant event (who, what, which study, outcome)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from gateway.db.engine import Cursor, Database, Row
+
+
+def record_event(
+    cur: Cursor,
+    kind: str,
+    *,
+    outcome: str,
+    actor: str | None = None,
+    study_uid: str | None = None,
+    sop_uid: str | None = None,
+    detail: Mapping[str, Any] | str | None = None,
+    at: float | None = None,
+) -> None:
+    """Append one audit event inside the caller's transaction."""
+    text = detail if isinstance(detail, str) or detail is None else json.dumps(detail, default=str)
+    cur.execute(
+        "INSERT INTO events (at, kind, actor, study_instance_uid, sop_instance_uid, outcome, "
+        "detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (time.time() if at is None else at, kind, actor, study_uid, sop_uid, outcome, text),
+    )
+
+
+def audit(db: Database, kind: str, **fields: Any) -> None:
+    """Append one audit event in its own transaction."""
+    with db.transaction() as cur:
+        record_event(cur, kind, **fields)
+
+
+def events_for(
+    db: Database, *, study_uid: str | None = None, actor: str | None = None, limit: int = 500
+) -> list[Row]:
+    """Events of one study or one actor, oldest first."""
+    clauses, params = [], []
+    if study_uid is not None:
+        clauses.append("study_instance_uid = ?")
+        params.append(study_uid)
+    if actor is not None:
+        clauses.append("actor = ?")
+        params.append(actor)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    with db.transaction(write=False) as cur:
+        return cur.execute(
+            f"SELECT * FROM events {where} ORDER BY id LIMIT ?", (*params, limit)
+        ).fetchall()

@@ -1,0 +1,90 @@
+"""Schema migrations, written once in SQL that SQLite and PostgreSQL both accept.
+
+`{pk}` is replaced by the dialect's auto-increment primary key. Times are epoch seconds (REAL /
+DOUBLE PRECISION) so ordering and arithmetic are the same on both backends.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE instances (
+        id {pk},
+        sop_instance_uid TEXT NOT NULL UNIQUE,
+        sop_class_uid TEXT NOT NULL,
+        study_instance_uid TEXT NOT NULL,
+        series_instance_uid TEXT NOT NULL,
+        transfer_syntax_uid TEXT NOT NULL,
+        patient_id TEXT,
+        patient_name TEXT,
+        study_date TEXT,
+        modality TEXT,
+        accession_number TEXT,
+        spool_key TEXT,
+        size BIGINT NOT NULL,
+        sha256 TEXT NOT NULL,
+        version INTEGER NOT NULL DEFAULT 1,
+        source TEXT NOT NULL,
+        calling_ae TEXT,
+        called_ae TEXT,
+        peer TEXT,
+        received_at DOUBLE PRECISION NOT NULL,
+        decision TEXT NOT NULL,
+        trace_context TEXT,
+        duplicates INTEGER NOT NULL DEFAULT 0,
+        purged_at DOUBLE PRECISION
+    );
+    CREATE INDEX instances_study ON instances (study_instance_uid);
+    CREATE INDEX instances_received ON instances (received_at);
+    CREATE TABLE deliveries (
+        id {pk},
+        instance_id BIGINT NOT NULL REFERENCES instances (id),
+        study_instance_uid TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        priority INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at DOUBLE PRECISION NOT NULL,
+        lease_owner TEXT,
+        lease_expires_at DOUBLE PRECISION,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        settled_at DOUBLE PRECISION,
+        last_status TEXT,
+        last_detail TEXT,
+        warning INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX deliveries_due ON deliveries (destination, state, next_attempt_at);
+    CREATE INDEX deliveries_instance ON deliveries (instance_id);
+    CREATE INDEX deliveries_study ON deliveries (study_instance_uid);
+    CREATE TABLE delivery_attempts (
+        id {pk},
+        delivery_id BIGINT NOT NULL REFERENCES deliveries (id),
+        attempt INTEGER NOT NULL,
+        worker TEXT NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL,
+        finished_at DOUBLE PRECISION NOT NULL,
+        outcome TEXT NOT NULL,
+        status TEXT,
+        detail TEXT
+    );
+    CREATE INDEX delivery_attempts_delivery ON delivery_attempts (delivery_id);
+    CREATE TABLE events (
+        id {pk},
+        at DOUBLE PRECISION NOT NULL,
+        kind TEXT NOT NULL,
+        actor TEXT,
+        study_instance_uid TEXT,
+        sop_instance_uid TEXT,
+        outcome TEXT NOT NULL,
+        detail TEXT
+    );
+    CREATE INDEX events_study ON events (study_instance_uid);
+    CREATE INDEX events_actor ON events (actor);
+    CREATE TABLE spool_garbage (
+        spool_key TEXT PRIMARY KEY,
+        delete_after DOUBLE PRECISION NOT NULL
+    );
+    """,
+)

@@ -1,0 +1,1 @@
+"""DICOM helpers: wire-value checks, header parsing, transfer syntaxes."""

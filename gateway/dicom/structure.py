@@ -1,0 +1,152 @@
+"""Walk the element structure of a DICOM file without reading values.
+
+pydicom parses the header we need but, with deferred or skipped values, it cannot tell that a
+file was cut short inside a large value (pixel data, an encapsulated document). This walker
+follows tags and lengths from the start of the data set to the end of the file and fails if a
+length points past the end or a delimiter is missing. It seeks over values, so it costs a few
+reads per element whatever the object's size.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import BinaryIO
+
+from gateway.exceptions import InvalidInputError
+
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+_UNDEFINED = 0xFFFFFFFF
+_ITEM = 0xFFFEE000
+_ITEM_END = 0xFFFEE00D
+_SEQUENCE_END = 0xFFFEE0DD
+_MAX_DEPTH = 32
+
+
+def data_set_offset(fp: BinaryIO) -> int:
+    """Return the byte offset where the data set starts, after preamble and file meta."""
+    fp.seek(0)
+    head = fp.read(132)
+    if len(head) < 132 or head[128:132] != b"DICM":
+        raise InvalidInputError("not a DICOM Part 10 file: the 'DICM' prefix is missing")
+    position = 132
+    while True:
+        fp.seek(position)
+        raw = fp.read(8)
+        if len(raw) < 8:
+            return position
+        group, _element = struct.unpack("<HH", raw[:4])
+        if group != 0x0002:
+            return position
+        vr = raw[4:6]
+        if vr in _LONG_VRS:
+            extra = fp.read(4)
+            if len(extra) < 4:
+                raise _truncated(position)
+            (length,) = struct.unpack("<I", extra)
+            position += 12 + length
+        else:
+            (length,) = struct.unpack("<H", raw[6:8])
+            position += 8 + length
+
+
+def check_structure(fp: BinaryIO, offset: int, *, implicit_vr: bool, little_endian: bool) -> None:
+    """Raise InvalidInputError if the data set from `offset` is truncated or malformed."""
+    end = fp.seek(0, os.SEEK_END)
+    walker = _Walker(fp, end, implicit_vr=implicit_vr, little_endian=little_endian)
+    position = walker.walk_elements(offset, end, depth=0, until=None)
+    if position != end:
+        raise InvalidInputError(f"data set ends at byte {position} but the file has {end} bytes")
+
+
+class _Walker:
+    def __init__(self, fp: BinaryIO, end: int, *, implicit_vr: bool, little_endian: bool) -> None:
+        self.fp = fp
+        self.end = end
+        self.implicit_vr = implicit_vr
+        self.prefix = "<" if little_endian else ">"
+
+    def _read(self, position: int, size: int) -> bytes:
+        self.fp.seek(position)
+        data = self.fp.read(size)
+        if len(data) < size:
+            raise _truncated(position)
+        return data
+
+    def _tag(self, position: int) -> int:
+        group, element = struct.unpack(self.prefix + "HH", self._read(position, 4))
+        return int(group) << 16 | int(element)
+
+    def walk_elements(self, position: int, limit: int, *, depth: int, until: int | None) -> int:
+        """Walk elements until `limit`, or until the delimiter tag `until` (returned past it)."""
+        if depth > _MAX_DEPTH:
+            raise InvalidInputError("sequences are nested deeper than 32 levels")
+        while position < limit:
+            tag = self._tag(position)
+            if until is not None and tag == until:
+                return position + 8
+            if tag in (_ITEM, _ITEM_END, _SEQUENCE_END):
+                raise InvalidInputError(
+                    f"unexpected delimiter ({tag >> 16:04X},{tag & 0xFFFF:04X}) at byte {position}"
+                )
+            position = self._element(position, tag, depth)
+        if until is not None:
+            raise InvalidInputError("a sequence or item with undefined length is never closed")
+        if position > limit:
+            raise _truncated(limit)
+        return position
+
+    def _element(self, position: int, tag: int, depth: int) -> int:
+        if self.implicit_vr:
+            (length,) = struct.unpack(self.prefix + "I", self._read(position + 4, 4))
+            vr = b"SQ" if length == _UNDEFINED else b"??"
+            value_at = position + 8
+        else:
+            vr = self._read(position + 4, 2)
+            if vr in _LONG_VRS:
+                (length,) = struct.unpack(self.prefix + "I", self._read(position + 8, 4))
+                value_at = position + 12
+            else:
+                (length,) = struct.unpack(self.prefix + "H", self._read(position + 6, 2))
+                value_at = position + 8
+        if length != _UNDEFINED:
+            if value_at + length > self.end:
+                raise InvalidInputError(
+                    f"truncated: element ({tag >> 16:04X},{tag & 0xFFFF:04X}) at byte {position} "
+                    f"declares {length} bytes but only {self.end - value_at} remain"
+                )
+            return int(value_at + length)
+        # Undefined length: a sequence of items (SQ, UN holding a sequence, or encapsulated
+        # pixel data whose items are opaque fragments).
+        opaque = vr in (b"OB", b"OW") or tag == 0x7FE00010
+        return self._items(value_at, depth + 1, opaque=opaque)
+
+    def _items(self, position: int, depth: int, *, opaque: bool) -> int:
+        while True:
+            tag = self._tag(position)
+            (length,) = struct.unpack(self.prefix + "I", self._read(position + 4, 4))
+            if tag == _SEQUENCE_END:
+                return position + 8
+            if tag != _ITEM:
+                raise InvalidInputError(
+                    f"expected an item tag (FFFE,E000) at byte {position}, "
+                    f"found ({tag >> 16:04X},{tag & 0xFFFF:04X})"
+                )
+            position += 8
+            if length == _UNDEFINED:
+                if opaque:
+                    raise InvalidInputError("a pixel data fragment has undefined length")
+                position = self.walk_elements(position, self.end, depth=depth, until=_ITEM_END)
+            else:
+                if position + length > self.end:
+                    raise InvalidInputError(
+                        f"truncated: an item at byte {position - 8} declares {length} bytes "
+                        f"but only {self.end - position} remain"
+                    )
+                position += length
+
+
+def _truncated(position: int) -> InvalidInputError:
+    return InvalidInputError(f"truncated: the file ends inside the element at byte {position}")

@@ -1,0 +1,1 @@
+"""The DIMSE door: a pynetdicom listener whose handlers call the ingest use case."""

@@ -1,0 +1,171 @@
+"""Delivery workers: lease a batch, send it, settle each delivery. One thread per worker.
+
+A worker never loses track of a delivery: whatever the sender does (returns, raises, hangs
+until its own timeouts), every leased delivery is settled, released at shutdown, or left to
+expire its lease so another worker takes it over after a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from gateway.config import DeliverySettings, Destination
+from gateway.db import Database
+from gateway.db.deliveries import LeasedDelivery, Settlement, lease_batch, release, settle
+from gateway.exceptions import GatewayError
+from gateway.forward.backoff import give_up_reason, retry_delay
+from gateway.forward.base import Outcome, OutgoingInstance, Sender, SendResult
+from gateway.spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+class DeliveryWorker:
+    """Drives one sender for one destination until stopped."""
+
+    def __init__(
+        self,
+        *,
+        destination: Destination,
+        sender: Sender,
+        db: Database,
+        spool: Spool,
+        delivery: DeliverySettings,
+        owner: str,
+        stop: threading.Event,
+        on_settled: Callable[[Sequence[Settlement]], None] | None = None,
+    ) -> None:
+        self._destination = destination
+        self._sender = sender
+        self._db = db
+        self._spool = spool
+        self._delivery = delivery
+        self.owner = owner
+        self._stop = stop
+        self._on_settled = on_settled
+        self._thread = threading.Thread(target=self._run, name=owner, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        log.info("worker %s started", self.owner)
+        idle = self._delivery.poll_interval
+        while not self._stop.is_set():
+            try:
+                worked = self.run_once()
+            except GatewayError as exc:
+                log.error("worker %s: %s", self.owner, exc)
+                worked = False
+            except Exception:
+                log.exception("worker %s: unexpected error", self.owner)
+                worked = False
+            if not worked:
+                self._stop.wait(idle)
+        self._sender.close()
+        log.info("worker %s stopped", self.owner)
+
+    def run_once(self) -> bool:
+        """Lease, send and settle one batch; False when nothing was due."""
+        destination = self._destination
+        leased = lease_batch(
+            self._db,
+            destination.name,
+            self.owner,
+            lease_seconds=self._delivery.lease_seconds,
+            max_instances=destination.max_batch_instances,
+            max_bytes=destination.max_batch_bytes,
+        )
+        if not leased:
+            return False
+        if self._stop.is_set():
+            release(self._db, self.owner, [item.delivery_id for item in leased])
+            return False
+        started = time.time()
+        results = self._send(leased)
+        finished = time.time()
+        settlements = [
+            self._settlement(item, results.get(item.delivery_id), started, finished)
+            for item in leased
+        ]
+        settle(self._db, self.owner, settlements)
+        if self._on_settled is not None:
+            self._on_settled(settlements)
+        return True
+
+    def _send(self, leased: Sequence[LeasedDelivery]) -> dict[int, SendResult]:
+        batch = [self._outgoing(item) for item in leased]
+        try:
+            results = self._sender.send(batch)
+        except Exception as exc:  # a sender bug must not strand the batch
+            log.exception("sender %s raised", self._destination.name)
+            return {
+                item.delivery_id: SendResult(
+                    item.delivery_id,
+                    Outcome.TRANSIENT,
+                    "internal error",
+                    f"{type(exc).__name__}: {exc}",
+                )
+                for item in batch
+            }
+        return {result.delivery_id: result for result in results}
+
+    def _outgoing(self, item: LeasedDelivery) -> OutgoingInstance:
+        row = item.instance
+        key = str(row["spool_key"])
+        return OutgoingInstance(
+            delivery_id=item.delivery_id,
+            study_instance_uid=row["study_instance_uid"],
+            series_instance_uid=row["series_instance_uid"],
+            sop_instance_uid=row["sop_instance_uid"],
+            sop_class_uid=row["sop_class_uid"],
+            transfer_syntax_uid=row["transfer_syntax_uid"],
+            size=int(row["size"]),
+            open=lambda: self._spool.open(key),
+            local_file=lambda: self._spool.local_file(key),
+            trace_context=row.get("trace_context"),
+        )
+
+    def _settlement(
+        self, item: LeasedDelivery, result: SendResult | None, started: float, finished: float
+    ) -> Settlement:
+        if result is None:
+            result = SendResult(
+                item.delivery_id,
+                Outcome.TRANSIENT,
+                "no result",
+                "the sender returned no result for this instance",
+            )
+
+        def settled(state: str, detail: str, retry_at: float | None = None) -> Settlement:
+            assert result is not None
+            return Settlement(
+                delivery_id=item.delivery_id,
+                state=state,
+                status=result.status,
+                detail=detail,
+                warning=result.warning,
+                retry_at=retry_at,
+                started_at=started,
+                finished_at=finished,
+            )
+
+        if result.outcome is Outcome.DELIVERED:
+            return settled("delivered", result.detail)
+        if result.outcome is Outcome.PERMANENT:
+            return settled("dead", result.detail)
+        policy = self._destination.retry
+        reason = give_up_reason(
+            policy, attempt=item.attempt, age_seconds=finished - item.created_at
+        )
+        if reason is not None:
+            return settled("dead", f"{result.detail}; {reason}")
+        return settled(
+            "pending", result.detail, retry_at=finished + retry_delay(policy, item.attempt)
+        )

@@ -1,0 +1,132 @@
+"""Answers an operator asks about a study: where did it go, which rule, did every copy arrive.
+
+Used by `dicom-gateway trace` and `queue` (and later by the admin API); it reads the same
+database the gateway writes, so the answer is the recorded truth, not a reconstruction.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.db import Database
+from gateway.db.deliveries import attempts_of, deliveries_of_study
+from gateway.db.engine import Row
+from gateway.db.events import events_for
+from gateway.db.instances import instances_of_study
+from gateway.routing.decision import Decision
+
+
+def study_trace(db: Database, study_uid: str) -> dict[str, Any]:
+    """Everything recorded about one study, grouped per instance and destination."""
+    instances = instances_of_study(db, study_uid)
+    deliveries = deliveries_of_study(db, study_uid)
+    attempts = attempts_of(db, [int(d["id"]) for d in deliveries])
+    by_delivery: dict[int, list[Row]] = {}
+    for attempt in attempts:
+        by_delivery.setdefault(int(attempt["delivery_id"]), []).append(attempt)
+    by_instance: dict[int, list[dict[str, Any]]] = {}
+    for delivery in deliveries:
+        entry = dict(delivery)
+        entry["attempts_log"] = by_delivery.get(int(delivery["id"]), [])
+        by_instance.setdefault(int(delivery["instance_id"]), []).append(entry)
+    result = []
+    for row in instances:
+        decision = Decision.from_json(row["decision"])
+        result.append(
+            {
+                "sop_instance_uid": row["sop_instance_uid"],
+                "series_instance_uid": row["series_instance_uid"],
+                "sop_class_uid": row["sop_class_uid"],
+                "received_at": row["received_at"],
+                "source": row["source"],
+                "calling_ae": row["calling_ae"],
+                "peer": row["peer"],
+                "size": row["size"],
+                "sha256": row["sha256"],
+                "version": row["version"],
+                "duplicates": row["duplicates"],
+                "trace_context": row["trace_context"],
+                "purged_at": row["purged_at"],
+                "decision": decision.explain(),
+                "held": decision.held,
+                "deliveries": by_instance.get(int(row["id"]), []),
+            }
+        )
+    summary: dict[str, dict[str, int]] = {}
+    for delivery in deliveries:
+        counts = summary.setdefault(delivery["destination"], {})
+        counts[delivery["state"]] = counts.get(delivery["state"], 0) + 1
+    return {
+        "study_instance_uid": study_uid,
+        "instances": result,
+        "summary": summary,
+        "events": events_for(db, study_uid=study_uid),
+    }
+
+
+def format_trace(trace: dict[str, Any]) -> str:
+    """Human-readable trace: summary first, then each instance's decision and attempts."""
+    study = trace["study_instance_uid"]
+    if not trace["instances"]:
+        return f"study {study}: nothing recorded (check the UID, or the study was never received)"
+    lines = [f"study {study}: {len(trace['instances'])} instance(s)"]
+    for destination, counts in sorted(trace["summary"].items()):
+        parts = ", ".join(f"{count} {state}" for state, count in sorted(counts.items()))
+        lines.append(f"  {destination}: {parts}")
+    for instance in trace["instances"]:
+        lines.append("")
+        lines.append(f"instance {instance['sop_instance_uid']}")
+        lines.append(
+            f"  received {_when(instance['received_at'])} via {instance['source']}"
+            f" from {instance['calling_ae'] or '-'} ({instance['peer'] or '-'}),"
+            f" {instance['size']} bytes, version {instance['version']}"
+            + (f", {instance['duplicates']} duplicate(s)" if instance["duplicates"] else "")
+        )
+        lines.extend(f"  routing: {line}" for line in instance["decision"])
+        for delivery in instance["deliveries"]:
+            lines.append(
+                f"  -> {delivery['destination']} (rule {delivery['rule']}): "
+                f"{delivery['state']} after {delivery['attempts']} attempt(s)"
+                + (
+                    f"; {delivery['last_detail']}"
+                    if delivery["last_detail"] and delivery["state"] != "delivered"
+                    else ""
+                )
+            )
+            for attempt in delivery["attempts_log"]:
+                detail = f" - {attempt['detail']}" if attempt["detail"] else ""
+                lines.append(
+                    f"       #{attempt['attempt']} {_when(attempt['finished_at'])} "
+                    f"{attempt['outcome']} {attempt['status'] or ''}{detail}"
+                )
+            if delivery["state"] == "pending" and delivery["attempts"]:
+                lines.append(f"       next attempt {_when(delivery['next_attempt_at'])}")
+    return "\n".join(lines)
+
+
+def format_queue(rows: list[Row]) -> str:
+    if not rows:
+        return "queue is empty: no deliveries recorded"
+    header = f"{'destination':<20} {'state':<11} {'count':>7} {'oldest':>10}"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        lines.append(
+            f"{row['destination']:<20} {row['state']:<11} {row['count']:>7} "
+            f"{_age(float(row['oldest_age'] or 0)):>10}"
+        )
+    return "\n".join(lines)
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return datetime.fromtimestamp(float(epoch), tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"

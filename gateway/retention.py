@@ -1,0 +1,61 @@
+"""Spool housekeeping: free bytes nobody needs any more, never bytes someone may still send.
+
+An instance's bytes are purged once none of its deliveries is pending, leased or dead (a dead
+delivery can still be retried by an operator) and `storage.retention_hours` have passed since
+it was received. Superseded versions are deleted after a grace period longer than a lease.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+
+from gateway.db import Database
+from gateway.exceptions import SpoolError
+from gateway.spool import Spool
+
+log = logging.getLogger(__name__)
+
+_BATCH = 500
+
+
+def purge_expired(
+    db: Database, spool: Spool, *, retention_hours: float, now: float | None = None
+) -> int:
+    """Delete spool bytes of settled, expired instances; return how many were purged."""
+    moment = time.time() if now is None else now
+    cutoff = moment - retention_hours * 3600
+    with db.transaction(write=False) as cur:
+        rows = cur.execute(
+            "SELECT i.id, i.spool_key FROM instances i WHERE i.purged_at IS NULL "
+            "AND i.received_at <= ? AND NOT EXISTS (SELECT 1 FROM deliveries d "
+            "WHERE d.instance_id = i.id AND d.state IN ('pending', 'leased', 'dead')) "
+            "ORDER BY i.id LIMIT ?",
+            (cutoff, _BATCH),
+        ).fetchall()
+        garbage = cur.execute(
+            "SELECT spool_key FROM spool_garbage WHERE delete_after <= ? LIMIT ?",
+            (moment, _BATCH),
+        ).fetchall()
+    for row in rows:
+        with db.transaction() as cur:
+            # Re-check inside the write transaction: a replacement may have arrived meanwhile.
+            updated = cur.execute(
+                "UPDATE instances SET purged_at = ? WHERE id = ? AND spool_key = ? "
+                "AND purged_at IS NULL",
+                (moment, row["id"], row["spool_key"]),
+            ).rowcount
+        if updated:
+            with contextlib.suppress(SpoolError):
+                spool.delete(str(row["spool_key"]))
+    for row in garbage:
+        with contextlib.suppress(SpoolError):
+            spool.delete(str(row["spool_key"]))
+        with db.transaction() as cur:
+            cur.execute("DELETE FROM spool_garbage WHERE spool_key = ?", (row["spool_key"],))
+    if rows or garbage:
+        log.info(
+            "purged %d expired instance(s) and %d superseded object(s)", len(rows), len(garbage)
+        )
+    return len(rows)

@@ -1,0 +1,62 @@
+"""The spool protocol: put a finished local file durably, read it back as a stream.
+
+`put` takes ownership of a complete file in `staging_dir` and returns only when the bytes are
+durable (fsynced and renamed, or an S3 PUT completed). Keys are built from validated UIDs plus a
+random version token, so a re-sent instance never overwrites bytes a sender may be reading.
+"""
+
+from __future__ import annotations
+
+import secrets
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from gateway.dicom.uids import validate_uid
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    key: str
+    size: int
+    sha256: str
+
+
+def spool_key(study_uid: str, series_uid: str, sop_uid: str) -> str:
+    """A fresh key for one version of an instance; raises InvalidInputError for bad UIDs."""
+    study = validate_uid(study_uid, "StudyInstanceUID")
+    series = validate_uid(series_uid, "SeriesInstanceUID")
+    sop = validate_uid(sop_uid, "SOPInstanceUID")
+    return f"{study}/{series}/{sop}.{secrets.token_hex(6)}.dcm"
+
+
+class Spool(Protocol):
+    """Where received bytes live until every delivery of the instance is settled."""
+
+    @property
+    def staging_dir(self) -> Path:
+        """A local folder for incoming files (same filesystem as the spool when possible)."""
+        ...
+
+    def put(self, source: Path, key: str) -> StoredObject:
+        """Move or upload `source` to `key` durably; `source` is consumed."""
+        ...
+
+    def open(self, key: str) -> BinaryIO:
+        """Open the object for streaming reads."""
+        ...
+
+    def local_file(self, key: str) -> AbstractContextManager[Path]:
+        """Yield a local path holding the object's bytes (for path-based senders)."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object; a missing object is not an error."""
+        ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def check(self) -> None:
+        """Raise SpoolError if the spool cannot take writes now (readiness probe)."""
+        ...

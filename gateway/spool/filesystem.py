@@ -1,0 +1,138 @@
+"""The default spool: a folder on local disk.
+
+Durability: the incoming file is fsynced, renamed into place, and the directory fsynced, so an
+acknowledged instance survives a crash or power loss. Incoming files are staged inside the
+spool (`.incoming/`) so the final step is a rename on the same filesystem, not a copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from gateway.exceptions import SpoolError
+from gateway.spool.base import StoredObject
+
+_CHUNK = 1024 * 1024
+
+
+class FilesystemSpool:
+    """Spool objects as files under one root folder."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).resolve()
+        self._staging = self.root / ".incoming"
+        try:
+            self._staging.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpoolError(f"cannot create spool folder {self.root}: {exc.strerror}") from exc
+
+    @property
+    def staging_dir(self) -> Path:
+        return self._staging
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root not in path.parents:
+            raise SpoolError(f"spool key {key!r} escapes the spool folder")
+        return path
+
+    def put(self, source: Path, key: str) -> StoredObject:
+        target = self._path(key)
+        try:
+            digest = hashlib.sha256()
+            with source.open("rb") as reader:
+                while chunk := reader.read(_CHUNK):
+                    digest.update(chunk)
+                os.fsync(reader.fileno())
+                size = reader.tell()
+            created = _make_parents(target.parent, self.root)
+            try:
+                os.replace(source, target)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                _copy_durably(source, target)
+                source.unlink()
+            for folder in {target.parent, *created}:
+                _fsync_dir(folder)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                source.unlink()
+            raise SpoolError(f"cannot write {key} to the spool: {exc.strerror or exc}") from exc
+        return StoredObject(key=key, size=size, sha256=digest.hexdigest())
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return self._path(key).open("rb")
+        except OSError as exc:
+            raise SpoolError(f"cannot read {key} from the spool: {exc.strerror}") from exc
+
+    @contextlib.contextmanager
+    def local_file(self, key: str) -> Iterator[Path]:
+        path = self._path(key)
+        if not path.is_file():
+            raise SpoolError(f"spool object {key} is missing")
+        yield path
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        for folder in (path.parent, path.parent.parent):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only succeeds when empty
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def check(self) -> None:
+        probe = self._staging / ".ready-probe"
+        try:
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as exc:
+            raise SpoolError(f"spool folder {self.root} is not writable: {exc.strerror}") from exc
+
+    def usage_bytes(self) -> int:
+        """Bytes used by spooled objects (walks the tree; for metrics, not hot paths)."""
+        total = 0
+        for folder, _dirs, files in os.walk(self.root):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    total += os.stat(os.path.join(folder, name)).st_size
+        return total
+
+
+def _make_parents(folder: Path, root: Path) -> list[Path]:
+    """Create missing folders up to `root`; return the parents whose entries changed."""
+    missing = []
+    current = folder
+    while not current.exists() and current != root:
+        missing.append(current)
+        current = current.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return [path.parent for path in missing]
+
+
+def _copy_durably(source: Path, target: Path) -> None:
+    partial = target.with_suffix(".partial")
+    with source.open("rb") as reader, partial.open("wb") as writer:
+        shutil.copyfileobj(reader, writer, _CHUNK)
+        writer.flush()
+        os.fsync(writer.fileno())
+    os.replace(partial, target)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
