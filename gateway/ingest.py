@@ -23,6 +23,7 @@ from gateway.config import Settings
 from gateway.db import Database
 from gateway.db.events import audit
 from gateway.db.instances import IngestOutcome, NewInstance, record_instance
+from gateway.dicom.attributes import header_json, indexed_values
 from gateway.dicom.header import InstanceHeader, read_header
 from gateway.exceptions import InvalidInputError, SpoolError, StoreError
 from gateway.routing.decision import Decision
@@ -104,6 +105,10 @@ class Ingestor:
         decision = evaluate(
             self._settings.routes, header.dataset, context, default=self._settings.routing_default
         )
+        # Read everything we need from the header before the file moves into the spool
+        # (deferred values are read from the original path).
+        attributes = indexed_values(header.dataset)
+        document = header_json(header.dataset)
         key = spool_key(
             header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
         )
@@ -114,11 +119,8 @@ class Ingestor:
             study_instance_uid=header.study_instance_uid,
             series_instance_uid=header.series_instance_uid,
             transfer_syntax_uid=header.transfer_syntax_uid,
-            patient_id=_text(header, "PatientID"),
-            patient_name=_text(header, "PatientName"),
-            study_date=_text(header, "StudyDate"),
-            modality=_text(header, "Modality"),
-            accession_number=_text(header, "AccessionNumber"),
+            attributes=attributes,
+            header_json=document,
             spool_key=stored.key,
             size=stored.size,
             sha256=stored.sha256,
@@ -183,14 +185,3 @@ class Ingestor:
                 sop_uid=header.sop_instance_uid if header else None,
                 detail={"door": source.door, "peer": source.peer, "reason": reason},
             )
-
-
-def _text(header: InstanceHeader, keyword: str) -> str | None:
-    try:
-        value = header.dataset.get(keyword)
-    except Exception:  # an undecodable value must not stop ingest; routing saw it already
-        return None
-    if value is None:
-        return None
-    text = str(value).rstrip("\x00 ")
-    return text or None

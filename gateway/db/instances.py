@@ -9,10 +9,12 @@ none does, which is what lets the door acknowledge the sender afterwards.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.db.engine import Cursor, Database, Row
 from gateway.db.events import record_event
+from gateway.dicom.attributes import INDEXED_ATTRIBUTES
 from gateway.exceptions import InvalidInputError
 from gateway.routing.decision import Decision
 
@@ -33,11 +35,8 @@ class NewInstance:
     study_instance_uid: str
     series_instance_uid: str
     transfer_syntax_uid: str
-    patient_id: str | None
-    patient_name: str | None
-    study_date: str | None
-    modality: str | None
-    accession_number: str | None
+    attributes: Mapping[str, str | int | None]  # INDEXED_ATTRIBUTES columns
+    header_json: str
     spool_key: str
     size: int
     sha256: str
@@ -134,11 +133,7 @@ _COLUMNS = (
     "study_instance_uid",
     "series_instance_uid",
     "transfer_syntax_uid",
-    "patient_id",
-    "patient_name",
-    "study_date",
-    "modality",
-    "accession_number",
+    "header_json",
     "spool_key",
     "size",
     "sha256",
@@ -151,21 +146,28 @@ _COLUMNS = (
 )
 
 
+_ALL_COLUMNS = (*_COLUMNS, *INDEXED_ATTRIBUTES, "decision")
+
+
 def _values(new: NewInstance) -> list[object]:
-    return [getattr(new, column) for column in _COLUMNS] + [new.decision.to_json()]
+    return [
+        *(getattr(new, column) for column in _COLUMNS),
+        *(new.attributes.get(column) for column in INDEXED_ATTRIBUTES),
+        new.decision.to_json(),
+    ]
 
 
 def _insert(cur: Cursor, new: NewInstance) -> int:
-    columns = (*_COLUMNS, "decision")
-    placeholders = ", ".join("?" for _ in columns)
+    placeholders = ", ".join("?" for _ in _ALL_COLUMNS)
     cur.execute(
-        f"INSERT INTO instances ({', '.join(columns)}) VALUES ({placeholders})", _values(new)
+        f"INSERT INTO instances ({', '.join(_ALL_COLUMNS)}) VALUES ({placeholders})",
+        _values(new),
     )
     return cur.lastrowid
 
 
 def _replace(cur: Cursor, instance_id: int, new: NewInstance) -> None:
-    assignments = ", ".join(f"{column} = ?" for column in (*_COLUMNS, "decision"))
+    assignments = ", ".join(f"{column} = ?" for column in _ALL_COLUMNS)
     cur.execute(
         f"UPDATE instances SET {assignments}, version = version + 1, purged_at = NULL WHERE id = ?",
         (*_values(new), instance_id),

@@ -17,9 +17,26 @@ MIGRATIONS: tuple[str, ...] = (
         transfer_syntax_uid TEXT NOT NULL,
         patient_id TEXT,
         patient_name TEXT,
+        patient_birth_date TEXT,
+        patient_sex TEXT,
         study_date TEXT,
-        modality TEXT,
+        study_time TEXT,
+        study_id TEXT,
+        study_description TEXT,
         accession_number TEXT,
+        referring_physician_name TEXT,
+        modality TEXT,
+        series_number INTEGER,
+        series_description TEXT,
+        performed_procedure_step_start_date TEXT,
+        performed_procedure_step_start_time TEXT,
+        instance_number INTEGER,
+        rows INTEGER,
+        columns INTEGER,
+        bits_allocated INTEGER,
+        number_of_frames INTEGER,
+        specific_character_set TEXT,
+        header_json TEXT NOT NULL,
         spool_key TEXT,
         size BIGINT NOT NULL,
         sha256 TEXT NOT NULL,
@@ -36,6 +53,12 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX instances_study ON instances (study_instance_uid);
     CREATE INDEX instances_received ON instances (received_at);
+    CREATE INDEX instances_series ON instances (series_instance_uid);
+    CREATE INDEX instances_patient_id ON instances (patient_id);
+    CREATE INDEX instances_patient_name ON instances (patient_name);
+    CREATE INDEX instances_study_date ON instances (study_date);
+    CREATE INDEX instances_accession ON instances (accession_number);
+    CREATE INDEX instances_modality ON instances (modality);
     CREATE TABLE deliveries (
         id {pk},
         instance_id BIGINT NOT NULL REFERENCES instances (id),

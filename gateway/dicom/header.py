@@ -11,13 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
+import pydicom.config
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from gateway.dicom.structure import check_structure, data_set_offset
 from gateway.dicom.uids import validate_uid
 from gateway.exceptions import InvalidInputError
+
+# Wire data is often slightly non-conformant (padding, VR quirks); we store it as received and
+# report real problems ourselves, so pydicom's per-value validation warnings are noise here.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 _DEFER_BYTES = 64 * 1024
 STATUS_CANNOT_UNDERSTAND = 0xC000
@@ -41,16 +45,7 @@ def read_header(path: Path) -> InstanceHeader:
     """Parse and check the Part 10 file at `path`; raise InvalidInputError if unacceptable."""
     try:
         dataset = pydicom.dcmread(path, stop_before_pixels=True, defer_size=_DEFER_BYTES)
-    except (
-        InvalidDicomError,
-        EOFError,
-        ValueError,
-        KeyError,
-        TypeError,
-        OSError,
-        NotImplementedError,
-        OverflowError,
-    ) as exc:
+    except Exception as exc:  # pydicom raises many types on hostile input
         raise InvalidInputError(f"cannot parse the DICOM header: {exc}") from exc
     meta = dataset.file_meta
     transfer_syntax = validate_uid(meta.get("TransferSyntaxUID"), "TransferSyntaxUID")

@@ -1,0 +1,100 @@
+"""The header attributes the database indexes, and how to read them safely from a header.
+
+They are the matching and return keys that QIDO-RS needs (PS3.18 Table 10.6.1-5) plus what
+routing reports show; each becomes a column so queries run on indexes, never on files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+# column name -> DICOM keyword
+INDEXED_ATTRIBUTES: dict[str, str] = {
+    "patient_id": "PatientID",
+    "patient_name": "PatientName",
+    "patient_birth_date": "PatientBirthDate",
+    "patient_sex": "PatientSex",
+    "study_date": "StudyDate",
+    "study_time": "StudyTime",
+    "study_id": "StudyID",
+    "study_description": "StudyDescription",
+    "accession_number": "AccessionNumber",
+    "referring_physician_name": "ReferringPhysicianName",
+    "modality": "Modality",
+    "series_number": "SeriesNumber",
+    "series_description": "SeriesDescription",
+    "performed_procedure_step_start_date": "PerformedProcedureStepStartDate",
+    "performed_procedure_step_start_time": "PerformedProcedureStepStartTime",
+    "instance_number": "InstanceNumber",
+    "rows": "Rows",
+    "columns": "Columns",
+    "bits_allocated": "BitsAllocated",
+    "number_of_frames": "NumberOfFrames",
+    "specific_character_set": "SpecificCharacterSet",
+}
+
+_INTEGER_COLUMNS = frozenset(
+    {"series_number", "instance_number", "rows", "columns", "bits_allocated", "number_of_frames"}
+)
+_BULK_THRESHOLD = 1024
+log = logging.getLogger(__name__)
+
+
+def indexed_values(dataset: Dataset) -> dict[str, str | int | None]:
+    """Column values for one header; an undecodable value becomes None, never an error."""
+    values: dict[str, str | int | None] = {}
+    for column, keyword in INDEXED_ATTRIBUTES.items():
+        values[column] = _read(dataset, keyword, integer=column in _INTEGER_COLUMNS)
+    return values
+
+
+def _read(dataset: Dataset, keyword: str, *, integer: bool) -> str | int | None:
+    try:
+        value = dataset.get(keyword)
+    except Exception:  # hostile or broken value: not indexable, still storable
+        return None
+    if value is None or value == "":
+        return None
+    if integer:
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            return None
+    if keyword == "SpecificCharacterSet" and not isinstance(value, str):
+        return "\\".join(str(v) for v in value)
+    text = str(value).rstrip("\x00 ")
+    return text or None
+
+
+def header_json(dataset: Dataset) -> str:
+    """The header as DICOM JSON (PS3.18 F.2), binary values over 1 KiB left out as bulk data.
+
+    Bulk values are marked with a `BulkDataURI` of the form `bulk:<tag>` that the WADO-RS
+    metadata endpoint rewrites into a real URL.
+    """
+
+    def bulk(element: Any) -> str:
+        return f"bulk:{element.tag:08X}"
+
+    try:
+        document = dataset.to_json_dict(
+            bulk_data_threshold=_BULK_THRESHOLD, bulk_data_element_handler=bulk
+        )
+    except Exception:
+        document = {}
+        for tag in list(dataset.keys()):
+            try:
+                single = Dataset()
+                single.add(dataset[tag])
+                document.update(
+                    single.to_json_dict(
+                        bulk_data_threshold=_BULK_THRESHOLD, bulk_data_element_handler=bulk
+                    )
+                )
+            except Exception:  # skip only the element that cannot be represented
+                log.debug("left (%08X) out of the header JSON: not representable", tag)
+    return json.dumps(document, separators=(",", ":"))
