@@ -78,6 +78,15 @@ def _parser() -> argparse.ArgumentParser:
     retry.add_argument("destination")
     retry.add_argument("--study", help="only this StudyInstanceUID")
     retry.set_defaults(handler=_retry)
+    token = command("token", "print a bearer token from the built-in issuer (auth.mode builtin)")
+    token.add_argument(
+        "--scope",
+        default="dicomweb.read dicomweb.write",
+        help='space-separated scopes, e.g. "dicomweb.read gateway.admin"',
+    )
+    token.add_argument("--subject", default="cli", help="the token's subject (sub claim)")
+    token.add_argument("--ttl", default="1h", help="lifetime: 30s, 15m, 1h, 7d")
+    token.set_defaults(handler=_token)
     return parser
 
 
@@ -155,6 +164,34 @@ def _queue(args: argparse.Namespace) -> int:
     rows = queue_summary(_open_db(args))
     print(json.dumps(rows, indent=2) if args.json else format_queue(rows))
     return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from gateway.auth.factory import builtin_issuer
+
+    settings = _settings(args)
+    if settings.auth.get("mode", "builtin") != "builtin":
+        print(
+            "error: `token` needs auth.mode builtin; get tokens from your OIDC issuer",
+            file=sys.stderr,
+        )
+        return 2
+    print(
+        builtin_issuer(settings).issue(
+            args.subject, args.scope.split(), ttl_seconds=_duration(args.ttl)
+        )
+    )
+    return 0
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+    except (ValueError, IndexError):
+        raise GatewayError(
+            f"--ttl {text!r} is not a duration; write e.g. 30s, 15m, 1h, 7d"
+        ) from None
 
 
 def _retry(args: argparse.Namespace) -> int:

@@ -12,11 +12,13 @@ import logging
 import os
 import socket
 import threading
+import time
 from typing import Any
 
 from gateway.config import Settings
 from gateway.db import Database, open_database
 from gateway.db.events import audit
+from gateway.exceptions import GatewayError
 from gateway.forward.factory import make_sender
 from gateway.forward.worker import DeliveryWorker
 from gateway.ingest import Ingestor
@@ -40,6 +42,8 @@ class Gateway:
         self._workers: list[DeliveryWorker] = []
         self._server: Any = None
         self._housekeeper: threading.Thread | None = None
+        self._http: Any = None
+        self._http_thread: threading.Thread | None = None
         self.instance_name = f"{socket.gethostname()}-{os.getpid()}"
 
     @property
@@ -67,10 +71,61 @@ class Gateway:
             target=self._housekeeping, name="housekeeping", daemon=True
         )
         self._housekeeper.start()
+        if self.settings.node.http is not None:
+            self._start_http()
+
+    def _start_http(self) -> None:
+        import uvicorn
+
+        from gateway.auth.factory import make_verifier
+        from gateway.web.app import create_app
+        from gateway.web.context import WebContext
+
+        http = self.settings.node.http
+        assert http is not None
+        context = WebContext(
+            settings=self.settings,
+            ingestor=self.ingestor,
+            db=self.db,
+            spool=self.spool,
+            listener_ready=lambda: self._server is not None,
+        )
+        app = create_app(context, make_verifier(self.settings))
+        config = uvicorn.Config(
+            app,
+            host=http.host,
+            port=http.port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_keep_alive=30,
+        )
+        self._http = uvicorn.Server(config)
+        self._http_thread = threading.Thread(target=self._http.run, name="http", daemon=True)
+        self._http_thread.start()
+        deadline = time.monotonic() + 15
+        while not self._http.started:
+            if not self._http_thread.is_alive() or time.monotonic() > deadline:
+                raise GatewayError(
+                    f"HTTP server could not start on {http.host}:{http.port}; "
+                    "is the port in use? change node.http.port"
+                )
+            time.sleep(0.02)
+
+    @property
+    def http_port(self) -> int:
+        if self._http is None or not self._http.servers:
+            return 0
+        return int(self._http.servers[0].sockets[0].getsockname()[1])
 
     def stop(self) -> None:
         """Stop accepting, let workers finish their current batch, close everything."""
         self._stop.set()
+        if self._http is not None:
+            self._http.should_exit = True
+            if self._http_thread is not None:
+                self._http_thread.join(timeout=10)
+            self._http = None
         if self._server is not None:
             self._server.shutdown()
             self._server = None

@@ -1,0 +1,1 @@
+"""The HTTP front end: DICOMweb (STOW-RS, QIDO-RS, WADO-RS), health and admin endpoints."""
