@@ -84,6 +84,7 @@ class DimseHandlers:
             )
             assoc.acse.send_reject(0x01, 0x01, 0x03)  # permanent, service user, calling AE
             assoc.is_rejected = True
+            assoc.kill()  # as pynetdicom's own reject path: flushes the A-ASSOCIATE-RJ
             return
         self._safe_audit(
             "association.requested",
