@@ -1,0 +1,600 @@
+"""C-STORE sender: stores batches of instances on a DICOM peer (PS3.4 Annex B, PS3.7 9.1.1).
+
+One association per batch (or per 128 presentation contexts). For every distinct (SOP class,
+transfer syntax) of the batch it proposes a context with exactly that transfer syntax: the
+stored bytes go on the wire untouched (pynetdicom's chunked dataset send, reading the file from
+just after its meta group), so nothing is ever transcoded and only an exact match is usable.
+
+How an answer settles each instance
+-----------------------------------
+============================================  ==========  =====================================
+C-STORE response status                        Outcome     why
+============================================  ==========  =====================================
+0x0000 success                                 DELIVERED
+0x0001, 0xB000, 0xB006, 0xB007, other 0xBxxx   DELIVERED   stored with a warning (warning=True)
+0x0111 duplicate SOP instance                  DELIVERED   already there; warning=True, counted
+0xA700-0xA7FF out of resources                 TRANSIENT   disk or memory frees up
+0x0110 processing failure, 0x0210 duplicate    TRANSIENT   a passing error on the peer's side
+invocation, 0xFE00 cancel
+0xA900-0xA9FF data set does not match SOP      PERMANENT   the object is wrong for its class
+class
+0xC000-0xCFFF cannot understand                PERMANENT   the peer cannot parse it; resending
+                                                           the same bytes gives the same answer
+other 0x01xx, 0x02xx (SOP class not            PERMANENT   PS3.7 Annex C refusals
+supported, not authorized, invalid instance…)
+anything else                                  TRANSIENT   unknown: let the attempt limit decide
+============================================  ==========  =====================================
+
+=============================================  ==========  ====================================
+Negotiation and connection                      Outcome     status
+=============================================  ==========  ====================================
+context for its SOP class/transfer syntax      PERMANENT   ``context rejected``: the peer said
+rejected as "abstract syntax / transfer                    its configuration, not time, must
+syntax not supported" (also when every context             change; dead-lettered, an operator
+is, and the association therefore ends)                    sees it and can retry it
+context rejected by user / provider, no reason TRANSIENT   ``context rejected``
+connection refused / unreachable               TRANSIENT   ``connect failed``
+association rejected (any reason)              TRANSIENT   ``association rejected``
+aborted, closed, no A-ASSOCIATE answer         TRANSIENT   ``association aborted``
+no C-STORE response within dimse_timeout       TRANSIENT   ``no response`` (association aborted)
+response for another request                   TRANSIENT   ``mismatched response`` (aborted)
+=============================================  ==========  ====================================
+
+When the association ends in the middle, instances already answered keep their results; the
+one in flight and those not yet sent become TRANSIENT.
+
+Why responses are not read with ``Association.send_c_store``
+------------------------------------------------------------
+pynetdicom 3.0.4 decodes incoming DIMSE messages on its DUL thread into one queue
+(``assoc.dimse.msg_queue``) that two threads read: ``send_c_store`` (``dimse.get_msg(block=True)``)
+and the association's reactor thread, which polls the same queue (``get_msg(block=False)``) to
+serve incoming *requests* and logs and drops anything else ("Received unexpected C-STORE service
+message"). ``send_c_store`` keeps the reactor away by clearing ``_reactor_checkpoint`` and
+spinning until ``_is_paused`` is true, and re-sets the checkpoint when its response arrives. The
+handshake is racy: the reactor sets ``_is_paused = True`` *before* waiting on the checkpoint and
+back to False only *after* the wait returns; when the next ``send_c_store`` clears the checkpoint
+just after the previous one set it, it can still read the stale True while the reactor is
+already past its wait. The request goes out, the reactor polls the queue once more, takes the
+response and drops it. The real waiter then blocks until ``dimse_timeout`` (forever if None),
+gets an empty status and aborts. With TCP_NODELAY (~2.5 ms per store against storescp on
+loopback) it happened once in three runs of 2000 stores; with Nagle's ~45 ms per exchange it did
+not show in three runs.
+
+This module therefore owns the correlation: a handler bound to ``EVT_DIMSE_RECV`` (which the
+DUL thread triggers for every decoded message *before* it is queued, so no thread can take it
+first) copies each response's command set into a queue only this sender reads; the reactor is
+paused once for the whole batch (so it does not poll the queue and log every response); each
+request has its own Message ID and its response must carry the same
+MessageIDBeingRespondedTo and, when present, the same AffectedSOPInstanceUID. A mismatch, an
+empty or invalid response, or no response within ``dimse_timeout`` aborts the association
+rather than guessing. (20 000 stores in ten batches of 2000 ran clean this way.)
+
+Requests are encoded with pynetdicom's chunked path too (``C_STORE._dataset_path``, as
+``send_c_store`` sets it), but handed to the DUL thread a few PDUs at a time:
+``DIMSEServiceProvider.send_msg`` queues every PDU of a message at once, which held a whole
+100 MB object in memory; this way the peak stays under 1 MiB.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import socket
+import ssl
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.uid import UID
+from pynetdicom import AE, build_context, evt
+from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import split_dataset
+
+from gateway.exceptions import ConfigError, GatewayError
+from gateway.forward.base import Outcome, OutgoingInstance, SendResult
+
+__all__ = ["DEFAULT_MAX_PDU", "MAX_PRESENTATION_CONTEXTS", "CStoreSender", "status_outcome"]
+
+MAX_PRESENTATION_CONTEXTS = 128
+"""At most 128 contexts fit one association (context ids are the odd numbers 1..255)."""
+
+DEFAULT_MAX_PDU = 16382
+"""What we ask the peer to send us (responses only, so small is fine); pynetdicom's default."""
+
+_C_STORE_RSP = 0x8001
+_MAX_QUEUED_PDUS = 16  # P-DATA PDUs handed to the DUL thread ahead of the socket
+_MAX_SENT_PDU = 4 << 20  # our PDU size when the peer accepts any size
+_POLL = 0.25  # seconds between liveness checks while waiting for a response
+
+
+def status_outcome(status: int) -> tuple[Outcome, bool]:
+    """Map a C-STORE response status to (outcome, warning); table in the module docstring."""
+    if status == 0x0000:
+        return Outcome.DELIVERED, False
+    if status in (0x0001, 0x0111) or 0xB000 <= status <= 0xBFFF:
+        return Outcome.DELIVERED, True
+    if 0xA700 <= status <= 0xA7FF or status in (0x0110, 0x0210, 0xFE00):
+        return Outcome.TRANSIENT, False
+    if 0xA900 <= status <= 0xA9FF or 0xC000 <= status <= 0xCFFF or 0x0100 <= status <= 0x02FF:
+        return Outcome.PERMANENT, False
+    return Outcome.TRANSIENT, False
+
+
+_STATUS_TEXT = {
+    0x0000: "success",
+    0x0001: "warning",
+    0x0110: "processing failure",
+    0x0111: "duplicate SOP instance",
+    0x0117: "invalid SOP instance",
+    0x0122: "SOP class not supported",
+    0x0124: "not authorized",
+    0x0210: "duplicate invocation",
+    0x0211: "unrecognized operation",
+    0x0212: "mistyped argument",
+    0xB000: "coercion of data elements",
+    0xB006: "elements discarded",
+    0xB007: "data set does not match SOP class",
+    0xFE00: "cancelled",
+}
+
+
+def _status_text(status: int) -> str:
+    if status in _STATUS_TEXT:
+        return _STATUS_TEXT[status]
+    if 0xA700 <= status <= 0xA7FF:
+        return "out of resources"
+    if 0xA900 <= status <= 0xA9FF:
+        return "data set does not match SOP class"
+    if 0xC000 <= status <= 0xCFFF:
+        return "cannot understand"
+    return "unknown status"
+
+
+@dataclass(frozen=True, slots=True)
+class _Response:
+    """The parts of a received DIMSE command set that settle a C-STORE."""
+
+    command_field: int | None
+    message_id_responded_to: int | None
+    affected_sop_instance_uid: str | None
+    status: int | None
+    error_comment: str | None
+
+
+class _AssociationLost(Exception):
+    """The association cannot carry more requests; ``result`` settles the instance in flight."""
+
+    def __init__(self, result: SendResult) -> None:
+        super().__init__(result.detail)
+        self.result = result
+
+
+class _ResponseTap:
+    """Receives every decoded DIMSE message on the DUL thread, before anyone can dequeue it."""
+
+    def __init__(self) -> None:
+        self.connected = False
+        self._queue: queue.Queue[_Response | None] = queue.Queue()
+
+    def handlers(self) -> list[evt.EventHandlerType]:
+        return [
+            (evt.EVT_CONN_OPEN, self._on_open),
+            (evt.EVT_DIMSE_RECV, self._on_message),
+            (evt.EVT_CONN_CLOSE, self._on_close),
+        ]
+
+    def get(self, timeout: float) -> _Response | None:
+        """The next message; None when the connection closed. Raises queue.Empty on timeout."""
+        return self._queue.get(timeout=timeout)
+
+    def _on_open(self, event: evt.Event) -> None:
+        self.connected = True
+
+    def _on_close(self, event: evt.Event) -> None:
+        self._queue.put(None)
+
+    def _on_message(self, event: evt.Event) -> None:
+        command = event.message.command_set  # attributes are set per event type
+        comment = command.get("ErrorComment")
+        uid = command.get("AffectedSOPInstanceUID")
+        self._queue.put(
+            _Response(
+                command_field=command.get("CommandField"),
+                message_id_responded_to=command.get("MessageIDBeingRespondedTo"),
+                affected_sop_instance_uid=str(uid).rstrip("\0 ") if uid else None,
+                status=command.get("Status"),
+                error_comment=str(comment) if comment else None,
+            )
+        )
+
+
+class CStoreSender:
+    """Sends batches to a DICOM Storage SCP with C-STORE; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        ae_title: str,
+        host: str,
+        port: int,
+        calling_ae_title: str = "GATEWAY",
+        acse_timeout: float = 30.0,
+        dimse_timeout: float = 120.0,
+        network_timeout: float = 60.0,
+        max_pdu: int = DEFAULT_MAX_PDU,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        _check_ae_title(name, "ae_title", ae_title)
+        _check_ae_title(name, "calling_ae_title", calling_ae_title)
+        if not 0 < port < 65536:
+            raise ConfigError(f"destination {name!r}: port must be 1-65535, got {port}")
+        for key, value in (
+            ("acse_timeout", acse_timeout),
+            ("dimse_timeout", dimse_timeout),
+            ("network_timeout", network_timeout),
+        ):
+            if not 0 < value < float("inf"):
+                # A finite DIMSE timeout is what guarantees a lost response cannot hang a worker.
+                raise ConfigError(f"destination {name!r}: {key} must be a positive number")
+        if max_pdu < 0:
+            raise ConfigError(f"destination {name!r}: max_pdu must be 0 (unlimited) or more")
+        self.name = name
+        self.ae_title = ae_title
+        self.host = host
+        self.port = port
+        self.calling_ae_title = calling_ae_title
+        self.acse_timeout = acse_timeout
+        self.dimse_timeout = dimse_timeout
+        self.network_timeout = network_timeout
+        self.max_pdu = max_pdu
+        self.ssl_context = ssl_context
+
+    # -- Sender protocol ---------------------------------------------------------------------
+
+    def send(self, batch: Sequence[OutgoingInstance]) -> list[SendResult]:
+        """Store every instance of ``batch``; one result per instance, in batch order."""
+        settled: dict[int, SendResult] = {}
+        for group in _association_groups(batch):
+            for result in self._send_over_one_association(group):
+                settled[result.delivery_id] = result
+        return [settled[inst.delivery_id] for inst in batch]
+
+    def close(self) -> None:
+        """Nothing to release: every batch opens and closes its own association."""
+
+    # -- one association ---------------------------------------------------------------------
+
+    def _send_over_one_association(self, instances: Sequence[OutgoingInstance]) -> list[SendResult]:
+        tap = _ResponseTap()
+        assoc = self._associate(instances, tap)
+        if not assoc.is_established:
+            return self._association_failed(assoc, tap, instances)
+        _set_tcp_nodelay(assoc)
+        results: list[SendResult] = []
+        healthy = True
+        try:
+            _pause_reactor(assoc)
+            message_ids = _message_ids()
+            for index, inst in enumerate(instances):
+                try:
+                    results.append(self._store(assoc, tap, inst, next(message_ids)))
+                except _AssociationLost as lost:
+                    healthy = False
+                    results.append(lost.result)
+                    why = f"not sent: the association ended before it ({lost.result.status})"
+                    results.extend(
+                        SendResult(rest.delivery_id, Outcome.TRANSIENT, "not sent", why)
+                        for rest in instances[index + 1 :]
+                    )
+                    break
+        finally:
+            _end_association(assoc, release=healthy)
+        return results
+
+    def _associate(self, instances: Sequence[OutgoingInstance], tap: _ResponseTap) -> Association:
+        ae = AE(ae_title=self.calling_ae_title)
+        ae.acse_timeout = self.acse_timeout
+        ae.dimse_timeout = self.dimse_timeout
+        ae.network_timeout = self.network_timeout
+        ae.connection_timeout = self.acse_timeout
+        contexts = [build_context(sop, ts) for sop, ts in _syntaxes(instances)]
+        tls = (self.ssl_context, self.host) if self.ssl_context is not None else None
+        return ae.associate(
+            self.host,
+            self.port,
+            contexts=contexts,
+            ae_title=self.ae_title,
+            max_pdu=self.max_pdu,
+            tls_args=tls,
+            evt_handlers=tap.handlers(),
+        )
+
+    def _association_failed(
+        self, assoc: Association, tap: _ResponseTap, instances: Sequence[OutgoingInstance]
+    ) -> list[SendResult]:
+        peer = f"{self.ae_title}@{self.host}:{self.port}"
+        rejected = _rejected_contexts(assoc)
+        if rejected and not assoc.accepted_contexts:
+            return [self._context_rejected(inst, rejected) for inst in instances]
+        if not tap.connected:
+            status = "connect failed"
+            detail = f"cannot open a TCP connection to {peer} (refused, unreachable or timed out)"
+        elif assoc.is_rejected:
+            rsp = assoc.acceptor.primitive
+            status = "association rejected"
+            detail = (
+                f"{peer} rejected the association: {getattr(rsp, 'result_str', '?')}, "
+                f"source {getattr(rsp, 'source_str', '?')}, "
+                f"reason {getattr(rsp, 'reason_str', '?')}"
+            )
+        else:
+            status = "association aborted"
+            detail = f"{peer} aborted the association or did not answer within the ACSE timeout"
+        return [SendResult(i.delivery_id, Outcome.TRANSIENT, status, detail) for i in instances]
+
+    def _context_rejected(
+        self, inst: OutgoingInstance, rejected: dict[tuple[str, str], tuple[int | None, str]]
+    ) -> SendResult:
+        result, why = rejected.get((inst.sop_class_uid, inst.transfer_syntax_uid), (None, "?"))
+        detail = (
+            f"{self.ae_title} does not accept SOP class {_uid_name(inst.sop_class_uid)} with "
+            f"transfer syntax {_uid_name(inst.transfer_syntax_uid)} ({why}); we never transcode"
+        )
+        # "Abstract/transfer syntax not supported" is configuration; a bare user or provider
+        # rejection of one context gives no reason to believe it will last.
+        outcome = Outcome.PERMANENT if result in (0x03, 0x04, None) else Outcome.TRANSIENT
+        return SendResult(inst.delivery_id, outcome, "context rejected", detail)
+
+    # -- one instance ------------------------------------------------------------------------
+
+    def _store(
+        self, assoc: Association, tap: _ResponseTap, inst: OutgoingInstance, message_id: int
+    ) -> SendResult:
+        """Send one C-STORE and settle it. The one place where foreign errors become results.
+
+        Raises _AssociationLost when the association can carry no further request.
+        """
+        phase = "read"
+        try:
+            with inst.local_file() as path:
+                prepared = self._prepare(assoc, inst, path, message_id)
+                if isinstance(prepared, SendResult):
+                    return prepared
+                phase = "send"  # from here on the peer may hold part of the message
+                _send_request(assoc, *prepared)
+                phase = "sent"
+        except (OSError, GatewayError) as exc:
+            if phase == "read":
+                detail = f"cannot read the stored instance: {exc}"
+                return SendResult(inst.delivery_id, Outcome.TRANSIENT, "spool", detail)
+            if phase == "send":
+                detail = f"sending failed half-way, aborted: {exc}"
+                raise _AssociationLost(self._lost(inst, "association aborted", detail)) from exc
+            # "sent": only releasing the local copy failed; the request is complete.
+        return self._await_response(assoc, tap, inst, message_id)
+
+    def _prepare(
+        self, assoc: Association, inst: OutgoingInstance, path: Path, message_id: int
+    ) -> tuple[C_STORE, int] | SendResult:
+        """The C-STORE request for ``path`` and its context id, or why it cannot be sent."""
+        try:
+            meta, offset = split_dataset(path)
+            sop_class = str(meta.MediaStorageSOPClassUID)
+            sop_instance = str(meta.MediaStorageSOPInstanceUID)
+            syntax = str(meta.TransferSyntaxUID)
+        except Exception as exc:  # untrusted bytes: pydicom raises many kinds on garbage
+            detail = f"the stored file is not a readable DICOM Part 10 file: {exc}"
+            return SendResult(inst.delivery_id, Outcome.PERMANENT, "unreadable", detail)
+        stored = (sop_instance, sop_class, syntax)
+        expected = (inst.sop_instance_uid, inst.sop_class_uid, inst.transfer_syntax_uid)
+        if stored != expected:
+            # Never send one object under another delivery's name.
+            detail = (
+                "the stored file's meta (SOP instance, SOP class, transfer syntax) "
+                f"{stored} differs from the database's {expected}"
+            )
+            return SendResult(inst.delivery_id, Outcome.PERMANENT, "wrong file", detail)
+        context_id = _accepted_context_id(assoc, sop_class, syntax)
+        if context_id is None:
+            return self._context_rejected(inst, _rejected_contexts(assoc))
+        request = C_STORE()
+        request.MessageID = message_id
+        request.AffectedSOPClassUID = UID(sop_class)
+        request.AffectedSOPInstanceUID = UID(sop_instance)
+        request.Priority = 2  # low, as pynetdicom and most SCUs send
+        # The same attribute send_c_store sets in chunked mode: the encoder streams the file
+        # from `offset` (just after the meta group) in PDU-sized reads.
+        request._dataset_path = (path, offset)
+        return request, context_id
+
+    def _await_response(
+        self, assoc: Association, tap: _ResponseTap, inst: OutgoingInstance, message_id: int
+    ) -> SendResult:
+        deadline = time.monotonic() + self.dimse_timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                detail = f"no C-STORE response within {self.dimse_timeout:g} s; aborted"
+                raise _AssociationLost(self._lost(inst, "no response", detail))
+            try:
+                response = tap.get(timeout=min(_POLL, remaining))
+            except queue.Empty:
+                if not assoc.dul.is_alive():
+                    detail = "the connection ended while waiting for the C-STORE response"
+                    raise _AssociationLost(
+                        self._lost(inst, "association aborted", detail)
+                    ) from None
+                continue
+            if response is None:
+                detail = "the peer aborted or closed the connection before answering"
+                raise _AssociationLost(self._lost(inst, "association aborted", detail))
+            _drain(assoc)
+            return self._settle(inst, message_id, response)
+
+    def _settle(self, inst: OutgoingInstance, message_id: int, rsp: _Response) -> SendResult:
+        if (
+            rsp.command_field != _C_STORE_RSP
+            or rsp.message_id_responded_to != message_id
+            or (
+                rsp.affected_sop_instance_uid is not None
+                and rsp.affected_sop_instance_uid != inst.sop_instance_uid
+            )
+        ):
+            field = rsp.command_field if rsp.command_field is not None else 0
+            detail = (
+                f"expected the C-STORE response to message {message_id} for "
+                f"{inst.sop_instance_uid}, got command 0x{field:04X} answering message "
+                f"{rsp.message_id_responded_to} for {rsp.affected_sop_instance_uid}; aborted"
+            )
+            raise _AssociationLost(self._lost(inst, "mismatched response", detail))
+        if rsp.status is None:
+            detail = "the C-STORE response carried no status; aborted"
+            raise _AssociationLost(self._lost(inst, "invalid response", detail))
+        status = rsp.status
+        outcome, warning = status_outcome(status)
+        text = f"0x{status:04X}"
+        detail = "" if status == 0 else _status_text(status)
+        if rsp.error_comment:
+            detail = f"{detail}: {rsp.error_comment}"
+        return SendResult(inst.delivery_id, outcome, text, detail, warning=warning)
+
+    def _lost(self, inst: OutgoingInstance, status: str, detail: str) -> SendResult:
+        return SendResult(inst.delivery_id, Outcome.TRANSIENT, status, detail)
+
+
+# -- planning ----------------------------------------------------------------------------------
+
+
+def _syntaxes(instances: Sequence[OutgoingInstance]) -> list[tuple[str, str]]:
+    """Distinct (SOP class, transfer syntax) pairs, in first-seen order."""
+    return list(dict.fromkeys((i.sop_class_uid, i.transfer_syntax_uid) for i in instances))
+
+
+def _association_groups(batch: Sequence[OutgoingInstance]) -> list[list[OutgoingInstance]]:
+    """Split ``batch`` so no association needs more than 128 presentation contexts."""
+    pairs = _syntaxes(batch)
+    if len(pairs) <= MAX_PRESENTATION_CONTEXTS:
+        return [list(batch)] if batch else []
+    group_of = {pair: n // MAX_PRESENTATION_CONTEXTS for n, pair in enumerate(pairs)}
+    groups: list[list[OutgoingInstance]] = [[] for _ in range(max(group_of.values()) + 1)]
+    for inst in batch:
+        groups[group_of[(inst.sop_class_uid, inst.transfer_syntax_uid)]].append(inst)
+    return groups
+
+
+def _message_ids() -> Iterator[int]:
+    while True:
+        yield from range(1, 65536)
+
+
+# -- pynetdicom internals, kept in one place -----------------------------------------------------
+
+
+def _check_ae_title(name: str, key: str, value: str) -> None:
+    if (
+        not 0 < len(value) <= 16
+        or not value.strip()
+        or "\\" in value
+        or not all(32 <= ord(c) < 127 for c in value)
+    ):
+        raise ConfigError(
+            f"destination {name!r}: {key} {value!r} must be 1-16 printable ASCII characters "
+            "without a backslash"
+        )
+
+
+def _uid_name(uid: str) -> str:
+    name = UID(uid).name
+    return uid if name == uid else f"{name} ({uid})"
+
+
+def _accepted_context_id(assoc: Association, sop_class: str, syntax: str) -> int | None:
+    for cx in assoc.accepted_contexts:
+        if (
+            cx.abstract_syntax == sop_class
+            and cx.transfer_syntax
+            and cx.transfer_syntax[0] == syntax
+        ):
+            return int(cx.context_id) if cx.context_id is not None else None
+    return None
+
+
+def _rejected_contexts(assoc: Association) -> dict[tuple[str, str], tuple[int | None, str]]:
+    """(SOP class, transfer syntax) -> (result, reason) of the peer's refusal.
+
+    A refused context carries whatever transfer syntax the acceptor echoed, so what we proposed
+    is looked up among the requested contexts by context id.
+    """
+    proposed = {cx.context_id: cx for cx in assoc.requestor.requested_contexts}
+    rejected: dict[tuple[str, str], tuple[int | None, str]] = {}
+    for cx in assoc.rejected_contexts:
+        ours = proposed.get(cx.context_id, cx)
+        for syntax in ours.transfer_syntax or []:
+            rejected[(str(cx.abstract_syntax), str(syntax))] = (cx.result, cx.status)
+    return rejected
+
+
+def _set_tcp_nodelay(assoc: Association) -> None:
+    # Without it, Nagle's algorithm holds each small request PDU until the peer's delayed ACK:
+    # ~40 ms per C-STORE instead of well under 1 ms.
+    wrapper = assoc.dul.socket
+    raw = wrapper.socket if wrapper is not None else None
+    if raw is not None:
+        with contextlib.suppress(OSError):
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _pause_reactor(assoc: Association) -> None:
+    """Keep the association's reactor thread off the DIMSE queue for the rest of the batch.
+
+    Best effort (see the module docstring for the race): correctness does not depend on it,
+    since responses are read from the EVT_DIMSE_RECV tap; it only keeps the reactor from
+    dequeuing and logging each response.
+    """
+    checkpoint = getattr(assoc, "_reactor_checkpoint", None)
+    if checkpoint is None:
+        return
+    checkpoint.clear()
+    deadline = time.monotonic() + 1.0
+    while not getattr(assoc, "_is_paused", True) and time.monotonic() < deadline:
+        time.sleep(0.0001)
+
+
+def _drain(assoc: Association) -> None:
+    """Drop decoded messages pynetdicom queued for the paused reactor (the tap has them)."""
+    with contextlib.suppress(queue.Empty):
+        while True:
+            assoc.dimse.msg_queue.get_nowait()
+
+
+def _send_request(assoc: Association, request: C_STORE, context_id: int) -> None:
+    """Encode ``request`` and hand its PDUs to the DUL thread, a few at a time.
+
+    ``DIMSEServiceProvider.send_msg`` puts every PDU of the message into the DUL's unbounded
+    queue at once, i.e. reads the whole file into memory ahead of the socket. Waiting while
+    more than a few PDUs are queued keeps memory flat whatever the object's size.
+    """
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    message.context_id = context_id
+    peer_max = assoc.dimse.maximum_pdu_size
+    pdu_size = min(peer_max, _MAX_SENT_PDU) if peer_max else _MAX_SENT_PDU
+    dul = assoc.dul
+    for pdata in message.encode_msg(context_id, pdu_size):
+        while dul.to_provider_queue.qsize() >= _MAX_QUEUED_PDUS:
+            if not dul.is_alive():
+                raise OSError("the connection ended while sending")
+            time.sleep(0.0002)
+        dul.send_pdu(pdata)
+
+
+def _end_association(assoc: Association, *, release: bool) -> None:
+    _drain(assoc)
+    if release and assoc.is_established:
+        assoc.release()
+    if not assoc.is_released:
+        assoc.abort()
