@@ -94,6 +94,8 @@ class Ingestor:
         except InvalidInputError as exc:
             self._refused(source, None, str(exc))
             raise
+        for note in header.notes:
+            log.warning("instance from %s (%s): %s", source.who, source.door, note)
         received_at = self._clock()
         context = RoutingContext(
             source=source.door,

@@ -39,6 +39,7 @@ class InstanceHeader:
     series_instance_uid: str
     transfer_syntax_uid: str
     data_set_offset: int
+    notes: tuple[str, ...] = ()  # accepted oddities worth telling the operator about
 
 
 def read_header(path: Path) -> InstanceHeader:
@@ -60,12 +61,14 @@ def read_header(path: Path) -> InstanceHeader:
             f"{media_class}",
             dicom_status=STATUS_SOP_CLASS_MISMATCH,
         )
+    notes: list[str] = []
     media_instance = meta.get("MediaStorageSOPInstanceUID")
     if media_instance is not None and str(media_instance).rstrip("\x00 ") != sop_instance:
-        raise InvalidInputError(
+        # PACS accept this (stale file meta is common); the data set's UID is what every
+        # destination will index, so it is ours too, and the difference is reported.
+        notes.append(
             f"the data set's SOPInstanceUID {sop_instance} differs from the announced "
-            f"instance {media_instance}",
-            dicom_status=STATUS_SOP_CLASS_MISMATCH,
+            f"instance {str(media_instance)[:64]}; the data set's UID is used"
         )
     with path.open("rb") as fp:
         offset = data_set_offset(fp)
@@ -84,6 +87,7 @@ def read_header(path: Path) -> InstanceHeader:
         series_instance_uid=series,
         transfer_syntax_uid=transfer_syntax,
         data_set_offset=offset,
+        notes=tuple(notes),
     )
 
 

@@ -79,8 +79,10 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import shutil
 import socket
 import ssl
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -360,7 +362,7 @@ class CStoreSender:
         """
         phase = "read"
         try:
-            with inst.local_file() as path:
+            with inst.local_file() as stored, _even_length(stored) as path:
                 prepared = self._prepare(assoc, inst, path, message_id)
                 if isinstance(prepared, SendResult):
                     return prepared
@@ -389,15 +391,19 @@ class CStoreSender:
         except Exception as exc:  # untrusted bytes: pydicom raises many kinds on garbage
             detail = f"the stored file is not a readable DICOM Part 10 file: {exc}"
             return SendResult(inst.delivery_id, Outcome.PERMANENT, "unreadable", detail)
-        stored = (sop_instance, sop_class, syntax)
-        expected = (inst.sop_instance_uid, inst.sop_class_uid, inst.transfer_syntax_uid)
+        stored = (sop_class, syntax)
+        expected = (inst.sop_class_uid, inst.transfer_syntax_uid)
         if stored != expected:
             # Never send one object under another delivery's name.
             detail = (
-                "the stored file's meta (SOP instance, SOP class, transfer syntax) "
+                "the stored file's meta (SOP class, transfer syntax) "
                 f"{stored} differs from the database's {expected}"
             )
             return SendResult(inst.delivery_id, Outcome.PERMANENT, "wrong file", detail)
+        # Stale file meta (the sender's command named another instance UID than the data set
+        # holds) is accepted at ingest; the data set's UID, as recorded, is what we announce.
+        if sop_instance != inst.sop_instance_uid:
+            sop_instance = inst.sop_instance_uid
         context_id = _accepted_context_id(assoc, sop_class, syntax)
         if context_id is None:
             return self._context_rejected(inst, _rejected_contexts(assoc))
@@ -598,3 +604,26 @@ def _end_association(assoc: Association, *, release: bool) -> None:
         assoc.release()
     if not assoc.is_released:
         assoc.abort()
+
+
+@contextlib.contextmanager
+def _even_length(path: Path) -> Iterator[Path]:
+    """Yield `path`, or a copy padded with one NUL byte if its data set has odd length.
+
+    DIMSE fragments must have even length (DCMTK-based peers abort on "Odd Fragment Length").
+    Only a deflated data set can legitimately be odd, and PS3.5 A.5 says to pad it with a
+    trailing NUL; the copy is made in the temporary folder and removed afterwards.
+    """
+    try:
+        _meta, offset = split_dataset(path)
+    except Exception:  # unreadable: _prepare reports it as such
+        offset = path.stat().st_size
+    if (path.stat().st_size - offset) % 2 == 0:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="cstore-pad-") as folder:
+        padded = Path(folder) / path.name
+        shutil.copyfile(path, padded)
+        with padded.open("ab") as handle:
+            handle.write(b"\x00")
+        yield padded
