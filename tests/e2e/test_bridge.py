@@ -304,3 +304,43 @@ def _peak_rss_kib(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     raise AssertionError("no VmHWM in /proc status")
+
+
+def test_dead_letters_are_explained_and_retried_on_request(
+    tmp_path: Path, orthanc: OrthancServer
+) -> None:
+    config = gateway_config(
+        tmp_path,
+        {
+            "cloud": {
+                "type": "dicomweb",
+                "url": orthanc.dicomweb_url,
+                "retry": {"max_attempts": 2, "initial_backoff": 0.1, "max_backoff": 0.2},
+            }
+        },
+        [{"name": "to-cloud", "forward": ["cloud"]}],
+    )
+    series = make_ct_series(tmp_path / "series", 3, rows=64, cols=64)
+    study = _study(series[0])
+    orthanc.stop()
+    with GatewayProcess(config, tmp_path) as gateway:
+        assert set(send_files(series, gateway.dimse_port).values()) == {0}
+        wait_until(
+            lambda: trace(gateway, study)["summary"] == {"cloud": {"dead": 3}},
+            timeout=60,
+            message="dead-lettered after max_attempts",
+        )
+        text = gateway.run_cli("trace", "--config", str(gateway.config_path), study).stdout
+        assert "gave up after 2 attempts" in text, text
+        orthanc.start()
+        retried = gateway.run_cli(
+            "retry", "--config", str(gateway.config_path), "cloud", "--study", study
+        )
+        assert retried.returncode == 0 and "re-queued 3 dead deliveries" in retried.stdout
+        wait_until(
+            lambda: trace(gateway, study)["summary"] == {"cloud": {"delivered": 3}},
+            timeout=60,
+            message="delivered after retry",
+        )
+        unknown = gateway.run_cli("retry", "--config", str(gateway.config_path), "nowhere")
+        assert unknown.returncode == 2 and "configured: cloud" in unknown.stderr
