@@ -36,8 +36,14 @@ def settings(tmp_path: Path, **extra: Any) -> Settings:
     return parse_settings(raw, base_dir=tmp_path)
 
 
-def make_file(folder: Path, *, modality: str = "CT", sop_uid: str | None = None,
-              study_uid: str = "1.2.3.4", fill: int = 0) -> Path:
+def make_file(
+    folder: Path,
+    *,
+    modality: str = "CT",
+    sop_uid: str | None = None,
+    study_uid: str = "1.2.3.4",
+    fill: int = 0,
+) -> Path:
     ds = Dataset()
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
     ds.SOPInstanceUID = sop_uid or generate_uid()
@@ -91,8 +97,9 @@ def test_identical_duplicate_adds_no_deliveries(ingestor: Ingestor, tmp_path: Pa
     assert len(spooled) == 1
 
 
-def test_changed_duplicate_supersedes_pending_deliveries(ingestor: Ingestor,
-                                                         tmp_path: Path) -> None:
+def test_changed_duplicate_supersedes_pending_deliveries(
+    ingestor: Ingestor, tmp_path: Path
+) -> None:
     ingestor.accept_file(make_file(tmp_path / "a", sop_uid="1.2.3.4.6", fill=1), SOURCE)
     result = ingestor.accept_file(make_file(tmp_path / "b", sop_uid="1.2.3.4.6", fill=2), SOURCE)
     assert result.outcome is IngestOutcome.REPLACED
@@ -131,8 +138,9 @@ def test_database_failure_leaves_nothing_behind(tmp_path: Path) -> None:
         assert cur.execute("SELECT COUNT(*) AS n FROM instances").fetchone() == {"n": 0}
 
 
-def test_lease_takes_one_study_and_expired_leases_come_back(ingestor: Ingestor,
-                                                            tmp_path: Path) -> None:
+def test_lease_takes_one_study_and_expired_leases_come_back(
+    ingestor: Ingestor, tmp_path: Path
+) -> None:
     for index in range(3):
         ingestor.accept_file(make_file(tmp_path / "a", study_uid="1.2.3.10", fill=index), SOURCE)
     ingestor.accept_file(make_file(tmp_path / "b", study_uid="1.2.3.11"), SOURCE)
@@ -142,10 +150,10 @@ def test_lease_takes_one_study_and_expired_leases_come_back(ingestor: Ingestor,
     assert len(first) == 3
     other = lease_batch(db, "cloud", "w2", lease_seconds=60, max_instances=10, max_bytes=10**9)
     assert {d.instance["study_instance_uid"] for d in other} == {"1.2.3.11"}
-    assert lease_batch(db, "cloud", "w2", lease_seconds=60, max_instances=10,
-                       max_bytes=10**9) == []
+    assert lease_batch(db, "cloud", "w2", lease_seconds=60, max_instances=10, max_bytes=10**9) == []
     import time
 
-    later = lease_batch(db, "cloud", "w3", lease_seconds=60, max_instances=10,
-                        max_bytes=10**9, now=time.time() + 61)
+    later = lease_batch(
+        db, "cloud", "w3", lease_seconds=60, max_instances=10, max_bytes=10**9, now=time.time() + 61
+    )
     assert len(later) == 3 and all(d.attempt == 2 for d in later)
