@@ -9,4 +9,4 @@ test:
 check:
 	.venv/bin/ruff check gateway tests bench && .venv/bin/ruff format --check gateway tests bench && .venv/bin/mypy gateway
 bench:
-	scripts/setup && .venv/bin/python -m bench
+	scripts/setup && .venv/bin/python -m bench $(BENCH_ARGS)

@@ -87,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--subject", default="cli", help="the token's subject (sub claim)")
     token.add_argument("--ttl", default="1h", help="lifetime: 30s, 15m, 1h, 7d")
     token.set_defaults(handler=_token)
+    audit = command("audit", "show the audit trail of a study or of an actor")
+    audit.add_argument("--study", help="StudyInstanceUID")
+    audit.add_argument("--actor", help="token subject, calling AE title, or 'anonymous'")
+    audit.add_argument("--limit", type=int, default=200, help="newest N events (default 200)")
+    audit.add_argument("--json", action="store_true", help="machine-readable output")
+    audit.set_defaults(handler=_audit)
     return parser
 
 
@@ -95,9 +101,11 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from gateway.logging_setup import configure_logging
     from gateway.service import Gateway
 
     settings = _settings(args)
+    configure_logging(settings.logging, level=args.log_level.upper())
     gateway = Gateway(settings)
     stopping = threading.Event()
 
@@ -163,6 +171,14 @@ def _queue(args: argparse.Namespace) -> int:
 
     rows = queue_summary(_open_db(args))
     print(json.dumps(rows, indent=2) if args.json else format_queue(rows))
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from gateway.auditlog import events_json, format_events, recent_events
+
+    rows = recent_events(_open_db(args), study_uid=args.study, actor=args.actor, limit=args.limit)
+    print(events_json(rows) if args.json else format_events(rows))
     return 0
 
 

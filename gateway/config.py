@@ -17,9 +17,18 @@ from typing import Any, Literal
 
 import yaml
 
+from gateway.auth.settings import OutboundAuth, parse_inbound_auth, parse_outbound_auth
 from gateway.dicom.uids import validate_ae_title
 from gateway.exceptions import ConfigError, InvalidInputError
 from gateway.routing.rules import Rule, load_default, load_rules
+from gateway.spool.s3url import parse_s3_url
+from gateway.telemetry_config import (
+    LoggingSettings,
+    TelemetrySettings,
+    parse_logging,
+    parse_telemetry,
+)
+from gateway.web.limits import HttpLimits, parse_http_limits
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 DuplicatePolicy = Literal["overwrite", "ignore", "reject"]
@@ -89,7 +98,7 @@ class DicomwebDestination:
     max_batch_instances: int = 100
     workers: int = 1
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    auth: Mapping[str, Any] | None = None
+    auth: OutboundAuth | None = None
     verify: bool | str = True
     type: Literal["dicomweb"] = "dicomweb"
 
@@ -127,6 +136,26 @@ class IngestSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CorsSettings:
+    """Which browser origins may call the HTTP API (empty: no CORS headers at all)."""
+
+    allow_origins: tuple[str, ...] = ()
+    allow_credentials: bool = False
+    max_age: int = 600
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpSettings:
+    """Behaviour of the HTTP front end (where it listens is `node.http`)."""
+
+    cors: CorsSettings = field(default_factory=CorsSettings)
+    base_url: str | None = None  # public URL for RetrieveURL/BulkDataURI behind a proxy
+    max_results: int = 1000  # QIDO-RS page size cap
+    max_parts: int = 10_000  # STOW-RS parts per request
+    limits: HttpLimits = field(default_factory=HttpLimits)  # sizes and timeouts, see web/limits
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     source: Path | None
     node: NodeSettings
@@ -138,6 +167,9 @@ class Settings:
     delivery: DeliverySettings
     ingest: IngestSettings
     auth: Mapping[str, Any]
+    http: HttpSettings = field(default_factory=HttpSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
 
 def load_settings(path: str | os.PathLike[str]) -> Settings:
@@ -174,6 +206,9 @@ def parse_settings(raw: object, *, base_dir: Path, source: Path | None = None) -
             "delivery",
             "ingest",
             "auth",
+            "http",
+            "logging",
+            "telemetry",
         },
     )
     node = _node(top.get("node", {}))
@@ -196,6 +231,7 @@ def parse_settings(raw: object, *, base_dir: Path, source: Path | None = None) -
             f"ingest.duplicate_policy is {policy!r}; use one of overwrite, ignore, reject"
         )
     auth = _mapping(top.get("auth", {"mode": "builtin"}), "auth")
+    parse_inbound_auth(auth)  # validated now; gateway/auth/factory.py reads the typed form
     return Settings(
         source=source,
         node=node,
@@ -207,6 +243,52 @@ def parse_settings(raw: object, *, base_dir: Path, source: Path | None = None) -
         delivery=delivery,
         ingest=IngestSettings(duplicate_policy=policy),
         auth=auth,
+        http=_http(top.get("http", {})),
+        logging=parse_logging(top.get("logging", {})),
+        telemetry=parse_telemetry(top.get("telemetry", {})),
+    )
+
+
+def _http(raw: object) -> HttpSettings:
+    http = _mapping(raw, "http")
+    _no_unknown(http, "http", {"cors", "base_url", "max_results", "max_parts", "limits"})
+    cors = _mapping(http.get("cors", {}), "http.cors")
+    _no_unknown(cors, "http.cors", {"allow_origins", "allow_credentials", "max_age"})
+    origins = cors.get("allow_origins", [])
+    if isinstance(origins, str):
+        origins = [origins]
+    if not isinstance(origins, list) or not all(
+        isinstance(o, str) and (o == "*" or re.fullmatch(r"https?://[^/\s]+", o)) for o in origins
+    ):
+        raise ConfigError(
+            "http.cors.allow_origins must be a list of origins such as "
+            "https://viewer.example.org (scheme://host[:port], no path) or '*'"
+        )
+    credentials = cors.get("allow_credentials", False)
+    if not isinstance(credentials, bool):
+        raise ConfigError("http.cors.allow_credentials must be true or false")
+    if credentials and "*" in origins:
+        raise ConfigError(
+            "http.cors.allow_credentials cannot be true with allow_origins '*'; "
+            "list the viewer origins explicitly"
+        )
+    base_url = http.get("base_url")
+    if base_url is not None and (
+        not isinstance(base_url, str) or not base_url.startswith(("http://", "https://"))
+    ):
+        raise ConfigError(
+            "http.base_url must be the public URL clients use, e.g. https://gateway.example/dicomweb"
+        )
+    return HttpSettings(
+        cors=CorsSettings(
+            allow_origins=tuple(origins),
+            allow_credentials=credentials,
+            max_age=int(_number(cors, "http.cors", "max_age", 600, minimum=0)),
+        ),
+        base_url=base_url.rstrip("/") if base_url else None,
+        max_results=int(_number(http, "http", "max_results", 1000, minimum=1, maximum=100_000)),
+        max_parts=int(_number(http, "http", "max_parts", 10_000, minimum=1)),
+        limits=parse_http_limits(http.get("limits"), "http.limits"),
     )
 
 
@@ -233,7 +315,9 @@ def _storage(raw: object, base_dir: Path) -> StorageSettings:
     database = _text(storage, "storage", "database", "sqlite:///./data/gateway.db")
     if spool.startswith("file://"):
         spool = "file://" + str(_resolve(spool[len("file://") :], base_dir))
-    elif not spool.startswith("s3://"):
+    elif spool.startswith("s3://"):
+        parse_s3_url(spool)  # options and bucket name checked now, not at the first C-STORE
+    else:
         raise ConfigError(f"storage.spool is {spool!r}; use file://PATH or s3://BUCKET/PREFIX")
     if database.startswith("sqlite:///"):
         database = "sqlite:///" + str(_resolve(database[len("sqlite:///") :], base_dir))
@@ -330,7 +414,7 @@ def _destinations(raw: object, node_ae: str, base_dir: Path) -> dict[str, Destin
                 )
             auth = entry.get("auth")
             if auth is not None:
-                auth = _mapping(auth, f"{key}.auth")
+                auth = parse_outbound_auth(_mapping(auth, f"{key}.auth"), f"{key}.auth", base_dir)
             verify = entry.get("verify", True)
             if not isinstance(verify, bool | str):
                 raise ConfigError(f"{key}.verify must be true, false or a CA bundle path")

@@ -29,6 +29,22 @@ from gateway.exceptions import InvalidInputError, SpoolError, StoreError
 from gateway.routing.decision import Decision
 from gateway.routing.engine import RoutingContext, evaluate
 from gateway.spool import Spool, spool_key
+from gateway.telemetry import (
+    BYTES,
+    CALLED_AE,
+    CALLING_AE,
+    DOOR,
+    OUTCOME,
+    PEER_ADDRESS,
+    RULE,
+    SERIES_UID,
+    SOP_UID,
+    STUDY_UID,
+    Telemetry,
+    context_from_traceparent,
+    set_attributes,
+    traceparent_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +85,14 @@ class Ingestor:
         *,
         clock: Callable[[], float] = time.time,
         on_stored: Callable[[IngestResult], None] | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._settings = settings
         self._spool = spool
         self._db = db
         self._clock = clock
         self._on_stored = on_stored
+        self._telemetry = telemetry if telemetry is not None else Telemetry.disabled()
 
     @property
     def staging_dir(self) -> Path:
@@ -86,9 +104,43 @@ class Ingestor:
     ) -> IngestResult:
         """Make the file at `path` durable and routed; `path` is consumed on success.
 
+        Traced as an `ingest` span: a child of `trace_context` (a W3C traceparent) when given,
+        else of the current span (the C-STORE span, or the inbound HTTP request's), so a door
+        needs no tracing code of its own. The ingest span's traceparent is stored with the
+        instance; delivery attempts join the trace from there.
+
         Raises InvalidInputError (refuse, with a DICOM status), SpoolError or StoreError
         (out of resources: the sender should retry later).
         """
+        attributes = {
+            DOOR: source.door,
+            CALLING_AE: source.calling_ae,
+            CALLED_AE: source.called_ae,
+            PEER_ADDRESS: source.peer,
+        }
+        parent = context_from_traceparent(trace_context)
+        with self._telemetry.span("ingest", parent=parent, attributes=attributes) as span:
+            try:
+                result = self._accept(path, source, traceparent_of(span) or trace_context)
+            except Exception:
+                self._telemetry.metrics.refused(source.door)
+                raise
+            header = result.header
+            set_attributes(
+                span,
+                {
+                    STUDY_UID: header.study_instance_uid,
+                    SERIES_UID: header.series_instance_uid,
+                    SOP_UID: header.sop_instance_uid,
+                    BYTES: result.size,
+                    OUTCOME: result.outcome.value,
+                },
+            )
+            self._telemetry.metrics.received(source.door, source.calling_ae)
+            return result
+
+    def _accept(self, path: Path, source: Source, trace_context: str | None) -> IngestResult:
+        """accept_file without the span: `trace_context` is what to store with the instance."""
         try:
             header = read_header(path)
         except InvalidInputError as exc:
@@ -104,9 +156,15 @@ class Ingestor:
             site=self._settings.node.site,
             received_at=datetime.fromtimestamp(received_at, tz=UTC),
         )
-        decision = evaluate(
-            self._settings.routes, header.dataset, context, default=self._settings.routing_default
-        )
+        with self._telemetry.span("routing") as routing:
+            decision = evaluate(
+                self._settings.routes,
+                header.dataset,
+                context,
+                default=self._settings.routing_default,
+            )
+            rules = sorted({target.rule for target in decision.targets})
+            set_attributes(routing, {RULE: rules, "gateway.held": decision.held})
         # Read everything we need from the header before the file moves into the spool
         # (deferred values are read from the original path).
         attributes = indexed_values(header.dataset)
@@ -114,7 +172,9 @@ class Ingestor:
         key = spool_key(
             header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
         )
-        stored = self._spool.put(path, key)
+        with self._telemetry.span("spool write") as spooling:
+            stored = self._spool.put(path, key)
+            set_attributes(spooling, {BYTES: stored.size})
         new = NewInstance(
             sop_instance_uid=header.sop_instance_uid,
             sop_class_uid=header.sop_class_uid,
@@ -135,13 +195,14 @@ class Ingestor:
             trace_context=trace_context,
         )
         try:
-            recorded = record_instance(
-                self._db,
-                new,
-                duplicate_policy=self._settings.ingest.duplicate_policy,
-                actor=source.who,
-                garbage_delay=self._settings.delivery.lease_seconds * 2,
-            )
+            with self._telemetry.span("database commit"):
+                recorded = record_instance(
+                    self._db,
+                    new,
+                    duplicate_policy=self._settings.ingest.duplicate_policy,
+                    actor=source.who,
+                    garbage_delay=self._settings.delivery.lease_seconds * 2,
+                )
         except InvalidInputError as exc:
             self._discard(stored.key)
             self._refused(source, header, str(exc))
@@ -166,10 +227,33 @@ class Ingestor:
             source.door,
             recorded.outcome.value,
             ", ".join(t.destination for t in decision.targets) or "held",
+            extra={"fields": self._log_fields(source, result)},
         )
         if self._on_stored is not None:
             self._on_stored(result)
         return result
+
+    def _log_fields(self, source: Source, result: IngestResult) -> dict[str, object]:
+        """Structured fields of the `instance.stored` log line; PHI only if logging.phi."""
+        header = result.header
+        fields: dict[str, object] = {
+            "event": "instance.stored",
+            DOOR: source.door,
+            CALLING_AE: source.calling_ae,
+            PEER_ADDRESS: source.peer,
+            STUDY_UID: header.study_instance_uid,
+            SERIES_UID: header.series_instance_uid,
+            SOP_UID: header.sop_instance_uid,
+            BYTES: result.size,
+            OUTCOME: result.outcome.value,
+            "destinations": [t.destination for t in result.decision.targets],
+        }
+        if self._settings.logging.phi:
+            for keyword in ("PatientID", "AccessionNumber"):
+                value = header.dataset.get(keyword)
+                if value is not None:
+                    fields[keyword] = str(value)
+        return fields
 
     def _discard(self, key: str) -> None:
         with contextlib.suppress(SpoolError):

@@ -15,6 +15,7 @@ from gateway.db.engine import Row
 from gateway.db.events import events_for
 from gateway.db.instances import instances_of_study
 from gateway.routing.decision import Decision
+from gateway.telemetry import trace_id_of
 
 
 def study_trace(db: Database, study_uid: str) -> dict[str, Any]:
@@ -47,6 +48,7 @@ def study_trace(db: Database, study_uid: str) -> dict[str, Any]:
                 "version": row["version"],
                 "duplicates": row["duplicates"],
                 "trace_context": row["trace_context"],
+                "trace_id": trace_id_of(row["trace_context"]),
                 "purged_at": row["purged_at"],
                 "decision": decision.explain(),
                 "held": decision.held,
@@ -57,8 +59,10 @@ def study_trace(db: Database, study_uid: str) -> dict[str, Any]:
     for delivery in deliveries:
         counts = summary.setdefault(delivery["destination"], {})
         counts[delivery["state"]] = counts.get(delivery["state"], 0) + 1
+    trace_ids = list(dict.fromkeys(i["trace_id"] for i in result if i["trace_id"]))
     return {
         "study_instance_uid": study_uid,
+        "trace_ids": trace_ids,
         "instances": result,
         "summary": summary,
         "events": events_for(db, study_uid=study_uid),
@@ -74,6 +78,8 @@ def format_trace(trace: dict[str, Any]) -> str:
     for destination, counts in sorted(trace["summary"].items()):
         parts = ", ".join(f"{count} {state}" for state, count in sorted(counts.items()))
         lines.append(f"  {destination}: {parts}")
+    if trace.get("trace_ids"):
+        lines.append(f"  trace id(s): {', '.join(trace['trace_ids'])}")
     for instance in trace["instances"]:
         lines.append("")
         lines.append(f"instance {instance['sop_instance_uid']}")
@@ -83,6 +89,8 @@ def format_trace(trace: dict[str, Any]) -> str:
             f" {instance['size']} bytes, version {instance['version']}"
             + (f", {instance['duplicates']} duplicate(s)" if instance["duplicates"] else "")
         )
+        if instance.get("trace_id"):
+            lines.append(f"  trace {instance['trace_id']}")
         lines.extend(f"  routing: {line}" for line in instance["decision"])
         for delivery in instance["deliveries"]:
             lines.append(

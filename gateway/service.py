@@ -13,17 +13,21 @@ import os
 import socket
 import threading
 import time
+from functools import partial
 from typing import Any
 
+from gateway import __version__
 from gateway.config import Settings
 from gateway.db import Database, open_database
 from gateway.db.events import audit
 from gateway.exceptions import GatewayError
 from gateway.forward.factory import make_sender
+from gateway.forward.traced import TracedSender
 from gateway.forward.worker import DeliveryWorker
 from gateway.ingest import Ingestor
 from gateway.retention import purge_expired
 from gateway.spool import Spool, open_spool
+from gateway.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +41,11 @@ class Gateway:
         self.settings = settings
         self.spool: Spool = open_spool(settings.storage.spool)
         self.db: Database = open_database(settings.storage.database)
-        self.ingestor = Ingestor(settings, self.spool, self.db)
+        self.telemetry = Telemetry.from_environment(
+            service_version=__version__, instance_id=f"{socket.gethostname()}-{os.getpid()}"
+        )
+        self.telemetry.metrics.observe(self.db, self.spool, settings.destinations)
+        self.ingestor = Ingestor(settings, self.spool, self.db, telemetry=self.telemetry)
         self._stop = threading.Event()
         self._workers: list[DeliveryWorker] = []
         self._server: Any = None
@@ -53,17 +61,24 @@ class Gateway:
     def start(self) -> None:
         from gateway.dimse.ae import start_listener
 
-        self._server = start_listener(self.settings, self.ingestor, self._audit)
+        self.telemetry.start()
+        self._server = start_listener(self.settings, self.ingestor, self._audit, self.telemetry)
         for destination in self.settings.destinations.values():
             for index in range(destination.workers):
                 worker = DeliveryWorker(
                     destination=destination,
-                    sender=make_sender(destination, calling_ae_title=self.settings.node.ae_title),
+                    sender=TracedSender(
+                        make_sender(destination, calling_ae_title=self.settings.node.ae_title),
+                        destination=destination.name,
+                        kind=destination.type,
+                        telemetry=self.telemetry,
+                    ),
                     db=self.db,
                     spool=self.spool,
                     delivery=self.settings.delivery,
                     owner=f"{self.instance_name}/{destination.name}/{index}",
                     stop=self._stop,
+                    on_settled=partial(self.telemetry.metrics.settled, destination.name),
                 )
                 worker.start()
                 self._workers.append(worker)
@@ -80,6 +95,7 @@ class Gateway:
         from gateway.auth.factory import make_verifier
         from gateway.web.app import create_app
         from gateway.web.context import WebContext
+        from gateway.web.limits import uvicorn_options
 
         http = self.settings.node.http
         assert http is not None
@@ -89,8 +105,9 @@ class Gateway:
             db=self.db,
             spool=self.spool,
             listener_ready=lambda: self._server is not None,
+            metrics=self.telemetry.metrics,
         )
-        app = create_app(context, make_verifier(self.settings))
+        app = self.telemetry.wrap_asgi(create_app(context, make_verifier(self.settings)))
         config = uvicorn.Config(
             app,
             host=http.host,
@@ -98,7 +115,7 @@ class Gateway:
             log_config=None,
             access_log=False,
             lifespan="off",
-            timeout_keep_alive=30,
+            **uvicorn_options(self.settings.http.limits),  # sizes, timeouts: web/limits.py
         )
         self._http = uvicorn.Server(config)
         self._http_thread = threading.Thread(target=self._http.run, name="http", daemon=True)
@@ -132,6 +149,7 @@ class Gateway:
         for worker in self._workers:
             worker.join(timeout=30)
         self._workers.clear()
+        self.telemetry.shutdown()
         self.db.close()
 
     def _audit(self, kind: str, **fields: Any) -> None:

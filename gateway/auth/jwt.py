@@ -1,7 +1,11 @@
 """Bearer JWT verification with joserfc: signature, algorithm allow-list, iss, aud, exp, nbf.
 
 `alg: none` and HMAC algorithms are never accepted (a public key must never double as an HMAC
-secret). Scopes come from the space-separated `scope` claim or the `scp` list claim.
+secret). Scopes come from the space-separated `scope` claim, the `scp` claim (Entra ID, string
+or list) and the `roles` claim (Entra ID app roles, granted to client-credentials apps); an
+optional `scope_prefix` is stripped first (Cognito names custom scopes `<resource server>/x`).
+The audience is normally `aud`; Cognito access tokens carry none and name the app client in
+`client_id`, so the claim to compare is configurable.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ class JwtVerifier:
         audience: str,
         algorithms: Sequence[str] = ASYMMETRIC_ALGORITHMS,
         on_unknown_key: Callable[[], KeySet] | None = None,
+        audience_claim: str = "aud",
+        scope_prefix: str = "",
     ) -> None:
         unsafe = [alg for alg in algorithms if alg.lower() == "none" or alg.startswith("HS")]
         if unsafe:
@@ -51,13 +57,14 @@ class JwtVerifier:
         self._keys = keys
         self._on_unknown_key = on_unknown_key
         self._algorithms = list(algorithms)
+        self._scope_prefix = scope_prefix
         self._claims = JWTClaimsRegistry(
             leeway=LEEWAY_SECONDS,
             iss={"essential": True, "value": issuer},
-            aud={"essential": True, "value": audience},
             exp={"essential": True},
             sub={"essential": True},
         )
+        self._claims.options[audience_claim] = {"essential": True, "value": audience}
 
     def verify(self, token: str) -> Principal:
         try:
@@ -65,13 +72,16 @@ class JwtVerifier:
         except _UnknownKey:
             if self._on_unknown_key is None:
                 raise AuthError("token signed with an unknown key") from None
-            decoded = self._decode(token, self._on_unknown_key())
+            try:
+                decoded = self._decode(token, self._on_unknown_key())
+            except _UnknownKey:
+                raise AuthError("token signed with an unknown key") from None
         claims: dict[str, Any] = dict(decoded.claims)
         try:
             self._claims.validate(claims)
         except JoseError as exc:
             raise AuthError(f"token rejected: {exc.description or exc.error}") from exc
-        scopes = _scopes(claims)
+        scopes = _scopes(claims, self._scope_prefix)
         return Principal(
             subject=str(claims["sub"]),
             scopes=scopes,
@@ -99,13 +109,14 @@ class _UnknownKey(Exception):
     pass
 
 
-def _scopes(claims: dict[str, Any]) -> frozenset[str]:
-    scope = claims.get("scope")
-    if isinstance(scope, str):
-        return frozenset(scope.split())
-    scp = claims.get("scp")
-    if isinstance(scp, list):
-        return frozenset(str(item) for item in scp)
-    if isinstance(scp, str):
-        return frozenset(scp.split())
-    return frozenset()
+def _scopes(claims: dict[str, Any], prefix: str = "") -> frozenset[str]:
+    granted: set[str] = set()
+    for name in ("scope", "scp", "roles"):
+        value = claims.get(name)
+        if isinstance(value, str):
+            granted.update(value.split())
+        elif isinstance(value, list):
+            granted.update(item for item in value if isinstance(item, str))
+    if prefix:
+        granted = {item.removeprefix(prefix) for item in granted}
+    return frozenset(granted)

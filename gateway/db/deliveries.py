@@ -70,7 +70,7 @@ def lease_batch(
             f"SELECT d.id AS delivery_id, d.attempts, d.created_at, i.* FROM deliveries d "
             f"JOIN instances i ON i.id = d.instance_id WHERE {_due('d')} "
             f"AND d.study_instance_uid = ? ORDER BY d.priority DESC, d.next_attempt_at, d.id "
-            f"LIMIT ?",
+            f"LIMIT ?{db.for_update('d')}",
             (destination, moment, moment, first["study_instance_uid"], max_instances),
         ).fetchall()
         batch: list[Row] = []
@@ -105,7 +105,8 @@ def settle(db: Database, owner: str, settlements: Sequence[Settlement]) -> int:
             row = cur.execute(
                 "SELECT d.attempts, d.destination, i.study_instance_uid, i.sop_instance_uid "
                 "FROM deliveries d JOIN instances i ON i.id = d.instance_id "
-                "WHERE d.id = ? AND d.state = 'leased' AND d.lease_owner = ?",
+                "WHERE d.id = ? AND d.state = 'leased' AND d.lease_owner = ?"
+                + db.for_update("d", skip_locked=False),
                 (item.delivery_id, owner),
             ).fetchone()
             if row is None:
@@ -164,7 +165,8 @@ def release(db: Database, owner: str, delivery_ids: Sequence[int]) -> None:
     with db.transaction() as cur:
         cur.executemany(
             "UPDATE deliveries SET state = 'pending', lease_owner = NULL, "
-            "lease_expires_at = NULL, attempts = MAX(attempts - 1, 0) "
+            "lease_expires_at = NULL, "
+            "attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END "
             "WHERE id = ? AND state = 'leased' AND lease_owner = ?",
             [(delivery_id, owner) for delivery_id in delivery_ids],
         )

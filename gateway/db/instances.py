@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from gateway.db.engine import Cursor, Database, Row
 from gateway.db.events import record_event
-from gateway.dicom.attributes import INDEXED_ATTRIBUTES
+from gateway.dicom.attributes import INDEXED_ATTRIBUTES, SEARCH_COLUMNS
 from gateway.exceptions import InvalidInputError
 from gateway.routing.decision import Decision
 
@@ -35,7 +35,7 @@ class NewInstance:
     study_instance_uid: str
     series_instance_uid: str
     transfer_syntax_uid: str
-    attributes: Mapping[str, str | int | None]  # INDEXED_ATTRIBUTES columns
+    attributes: Mapping[str, str | int | None]  # INDEXED_ATTRIBUTES + SEARCH_COLUMNS
     header_json: str
     spool_key: str
     size: int
@@ -146,24 +146,24 @@ _COLUMNS = (
 )
 
 
-_ALL_COLUMNS = (*_COLUMNS, *INDEXED_ATTRIBUTES, "decision")
+_ALL_COLUMNS = (*_COLUMNS, *INDEXED_ATTRIBUTES, *SEARCH_COLUMNS, "decision")
 
 
 def _values(new: NewInstance) -> list[object]:
     return [
         *(getattr(new, column) for column in _COLUMNS),
         *(new.attributes.get(column) for column in INDEXED_ATTRIBUTES),
+        *(new.attributes.get(column) for column in SEARCH_COLUMNS),
         new.decision.to_json(),
     ]
 
 
 def _insert(cur: Cursor, new: NewInstance) -> int:
     placeholders = ", ".join("?" for _ in _ALL_COLUMNS)
-    cur.execute(
+    return cur.insert_returning_id(
         f"INSERT INTO instances ({', '.join(_ALL_COLUMNS)}) VALUES ({placeholders})",
         _values(new),
     )
-    return cur.lastrowid
 
 
 def _replace(cur: Cursor, instance_id: int, new: NewInstance) -> None:
@@ -184,7 +184,7 @@ def _replace(cur: Cursor, instance_id: int, new: NewInstance) -> None:
 def _create_deliveries(cur: Cursor, instance_id: int, new: NewInstance) -> tuple[int, ...]:
     ids = []
     for target in new.decision.targets:
-        cur.execute(
+        delivery_id = cur.insert_returning_id(
             "INSERT INTO deliveries (instance_id, study_instance_uid, destination, rule, "
             "priority, state, attempts, next_attempt_at, created_at, updated_at) "
             "VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
@@ -199,7 +199,7 @@ def _create_deliveries(cur: Cursor, instance_id: int, new: NewInstance) -> tuple
                 new.received_at,
             ),
         )
-        ids.append(cur.lastrowid)
+        ids.append(delivery_id)
     return tuple(ids)
 
 

@@ -110,4 +110,17 @@ MIGRATIONS: tuple[str, ...] = (
         delete_after DOUBLE PRECISION NOT NULL
     );
     """,
+    # 2: QIDO-RS fuzzy person-name matching (gateway/dicom/names.py) and series-level lookups.
+    """
+    ALTER TABLE instances ADD COLUMN patient_name_search TEXT;
+    ALTER TABLE instances ADD COLUMN referring_physician_name_search TEXT;
+    UPDATE instances SET patient_name_search =
+        ' ' || UPPER(REPLACE(REPLACE(patient_name, '^', ' '), '=', ' ')) || ' '
+        WHERE patient_name IS NOT NULL;
+    UPDATE instances SET referring_physician_name_search =
+        ' ' || UPPER(REPLACE(REPLACE(referring_physician_name, '^', ' '), '=', ' ')) || ' '
+        WHERE referring_physician_name IS NOT NULL;
+    CREATE INDEX instances_series_study ON instances (study_instance_uid, series_instance_uid);
+    CREATE INDEX instances_accession_study ON instances (accession_number, study_instance_uid)
+    """,
 )

@@ -12,6 +12,8 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from gateway.dicom.names import person_name_key
+
 # column name -> DICOM keyword
 INDEXED_ATTRIBUTES: dict[str, str] = {
     "patient_id": "PatientID",
@@ -37,6 +39,13 @@ INDEXED_ATTRIBUTES: dict[str, str] = {
     "specific_character_set": "SpecificCharacterSet",
 }
 
+# Derived columns that are not DICOM attributes: normalised person names for QIDO-RS fuzzy
+# matching (column -> the INDEXED_ATTRIBUTES column it is derived from).
+SEARCH_COLUMNS: dict[str, str] = {
+    "patient_name_search": "patient_name",
+    "referring_physician_name_search": "referring_physician_name",
+}
+
 _INTEGER_COLUMNS = frozenset(
     {"series_number", "instance_number", "rows", "columns", "bits_allocated", "number_of_frames"}
 )
@@ -49,6 +58,9 @@ def indexed_values(dataset: Dataset) -> dict[str, str | int | None]:
     values: dict[str, str | int | None] = {}
     for column, keyword in INDEXED_ATTRIBUTES.items():
         values[column] = _read(dataset, keyword, integer=column in _INTEGER_COLUMNS)
+    for column, source in SEARCH_COLUMNS.items():
+        name = values[source]
+        values[column] = person_name_key(name if isinstance(name, str) else None)
     return values
 
 

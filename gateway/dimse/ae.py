@@ -19,7 +19,10 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from gateway.config import Settings, TlsSettings
 from gateway.dimse.handlers import DimseHandlers
+from gateway.dimse.server import start_server
+from gateway.exceptions import ConfigError
 from gateway.ingest import Ingestor
+from gateway.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +59,22 @@ def build_ae(settings: Settings) -> AE:
     return ae
 
 
-def server_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
-    """A TLS context for the listener; requires client certificates when configured."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+def server_ssl_context(tls: TlsSettings, key: str = "dimse.tls") -> ssl.SSLContext:
+    """A TLS context for the listener; requires client certificates when configured.
+
+    Client certificates are checked against `tls.ca` only, never the system's public CAs
+    (a certificate a public CA issued to anybody must not open the door).
+    """
+    if tls.require_client_cert and tls.ca is None:
+        raise ConfigError(f"{key}.require_client_cert needs {key}.ca, the CA of the clients")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(certfile=tls.cert, keyfile=tls.key)
+    _load_cert(context, tls, key)
     if tls.ca is not None:
-        context.load_verify_locations(cafile=tls.ca)
+        try:
+            context.load_verify_locations(cafile=tls.ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"{key}.ca: cannot load {tls.ca}: {exc}") from exc
     context.verify_mode = (
         ssl.CERT_REQUIRED
         if tls.require_client_cert
@@ -73,22 +85,51 @@ def server_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
     return context
 
 
+def client_ssl_context(tls: TlsSettings, key: str) -> ssl.SSLContext:
+    """A TLS context for C-STORE to a destination: verify the peer and its host name against
+    `tls.ca` (else the system CAs) and present our certificate."""
+    try:
+        context = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH, cafile=None if tls.ca is None else str(tls.ca)
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{key}.ca: cannot load {tls.ca}: {exc}") from exc
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    _load_cert(context, tls, key)
+    return context
+
+
+def _load_cert(context: ssl.SSLContext, tls: TlsSettings, key: str) -> None:
+    try:
+        context.load_cert_chain(certfile=tls.cert, keyfile=tls.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"{key}: cannot load cert {tls.cert} with key {tls.key}: {exc}; both must be PEM "
+            "files and the key must match the certificate"
+        ) from exc
+
+
 def start_listener(
-    settings: Settings, ingestor: Ingestor, audit: Callable[..., None]
+    settings: Settings,
+    ingestor: Ingestor,
+    audit: Callable[..., None],
+    telemetry: Telemetry | None = None,
 ) -> ThreadedAssociationServer:
     """Start the DIMSE listener in background threads and return the running server."""
     configure_pynetdicom(str(ingestor.staging_dir))
     ae = build_ae(settings)
-    handlers = DimseHandlers(settings, ingestor, audit)
+    handlers = DimseHandlers(settings, ingestor, audit, telemetry)
     endpoint = settings.node.dimse
     tls = settings.dimse.tls
-    server = ae.start_server(
+    server = start_server(  # TLS handshakes off the accept loop, see gateway/dimse/server.py
+        ae,
         (endpoint.host, endpoint.port),
-        block=False,
         evt_handlers=handlers.bindings(),
         ssl_context=server_ssl_context(tls) if tls else None,
+        handshake_timeout=settings.dimse.acse_timeout,
+        stall_timeout=settings.dimse.network_timeout,
+        on_refused=handlers.on_tls_refused,
     )
-    assert server is not None  # block=False always returns the running server
     log.info(
         "DIMSE listener %s on %s:%s%s",
         settings.node.ae_title,

@@ -43,6 +43,7 @@ class OutgoingInstance:
     open: Callable[[], BinaryIO]
     local_file: Callable[[], AbstractContextManager[Path]]
     trace_context: str | None = None
+    received_at: float | None = None  # epoch seconds, for receive-to-delivered latency
 
 
 @dataclass(frozen=True, slots=True)

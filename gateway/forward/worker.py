@@ -130,6 +130,7 @@ class DeliveryWorker:
             open=lambda: self._spool.open(key),
             local_file=lambda: self._spool.local_file(key),
             trace_context=row.get("trace_context"),
+            received_at=row.get("received_at"),
         )
 
     def _settlement(

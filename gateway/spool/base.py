@@ -47,6 +47,13 @@ class Spool(Protocol):
         """Open the object for streaming reads."""
         ...
 
+    def open_range(self, key: str, start: int, end: int) -> BinaryIO:
+        """Open bytes `start` to `end - 1` of the object for streaming (e.g. one frame).
+
+        `end` past the object's end is clipped; `start` past it raises SpoolError.
+        """
+        ...
+
     def local_file(self, key: str) -> AbstractContextManager[Path]:
         """Yield a local path holding the object's bytes (for path-based senders)."""
         ...

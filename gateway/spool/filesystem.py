@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from gateway.exceptions import SpoolError
 from gateway.spool.base import StoredObject
@@ -74,6 +75,20 @@ class FilesystemSpool:
         except OSError as exc:
             raise SpoolError(f"cannot read {key} from the spool: {exc.strerror}") from exc
 
+    def open_range(self, key: str, start: int, end: int) -> BinaryIO:
+        if start < 0 or end <= start:
+            raise ValueError(f"invalid byte range {start}-{end}")
+        handle = self.open(key)
+        try:
+            size = os.fstat(handle.fileno()).st_size
+            if start >= size:
+                raise SpoolError(f"byte {start} is past the end of {key} ({size} bytes)")
+            handle.seek(start)
+        except BaseException:
+            handle.close()
+            raise
+        return io.BufferedReader(_Window(handle, min(end, size) - start), _CHUNK)
+
     @contextlib.contextmanager
     def local_file(self, key: str) -> Iterator[Path]:
         path = self._path(key)
@@ -108,6 +123,28 @@ class FilesystemSpool:
                 with contextlib.suppress(OSError):
                     total += os.stat(os.path.join(folder, name)).st_size
         return total
+
+
+class _Window(io.RawIOBase):
+    """At most `length` bytes of an open file, from its current position."""
+
+    def __init__(self, handle: BinaryIO, length: int) -> None:
+        super().__init__()
+        self._handle = handle
+        self._left = length
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")[: self._left]
+        count = self._handle.readinto(view)  # type: ignore[attr-defined]
+        self._left -= count
+        return int(count)
+
+    def close(self) -> None:
+        self._handle.close()
+        super().close()
 
 
 def _make_parents(folder: Path, root: Path) -> list[Path]:

@@ -9,6 +9,7 @@ from gateway.config import Settings
 from gateway.db import Database
 from gateway.exceptions import GatewayError
 from gateway.ingest import Ingestor
+from gateway.metrics import GatewayMetrics
 from gateway.spool import Spool
 
 
@@ -19,6 +20,7 @@ class WebContext:
     db: Database
     spool: Spool
     listener_ready: Callable[[], bool] = field(default=lambda: True)
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics.disabled)
 
     def readiness_problems(self) -> list[str]:
         problems = []

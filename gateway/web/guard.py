@@ -11,6 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -47,7 +48,8 @@ def guarded(endpoint: Endpoint, verifier: TokenVerifier) -> Handler:
         if scheme.lower() != "bearer" or not token.strip():
             return _unauthorized("a bearer token is required", error=None)
         try:
-            principal = verifier.verify(token.strip())
+            # In a worker thread: an OIDC verifier may have to fetch the issuer's keys.
+            principal = await anyio.to_thread.run_sync(verifier.verify, token.strip())
         except AuthError as exc:
             log.info("refused %s %s: %s", request.method, request.url.path, exc)
             return _unauthorized(str(exc), error="invalid_token")

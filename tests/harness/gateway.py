@@ -60,8 +60,9 @@ def write_config(
         routes: [...]
     """
     node: dict[str, Any] = {"ae_title": ae_title, "dimse": {"host": LOOPBACK, "port": dimse_port}}
-    if http_port is not None:
-        node["http"] = {"host": LOOPBACK, "port": http_port}
+    # No HTTP port asked for: switch the HTTP side off rather than let it take the default
+    # 0.0.0.0:8080 (not loopback-only, and parallel tests would collide on it).
+    node["http"] = {"host": LOOPBACK, "port": http_port} if http_port is not None else None
     config: dict[str, Any] = {
         "node": node,
         "storage": {

@@ -135,6 +135,8 @@ class SeaweedFS:
             f"-ip={LOOPBACK}",
             f"-ip.bind={LOOPBACK}",
             f"-s3.config={identities}",
+            f"-filer.localSocket={self.workdir / 'filer.sock'}",
+            f"-s3.localSocket={self.workdir / 's3.sock'}",
             *(f"-{name}={port}" for name, port in self._ports.items()),
             "-webdav=false",
             "-s3.port.iceberg=0",

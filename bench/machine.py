@@ -1,0 +1,121 @@
+"""What a result was measured on: machine, load, software versions, code revision.
+
+Ratios only mean something next to this: the same run on a 2-core VM shared with other work and
+on an idle 16-core server can differ by more than any optimisation.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tests.harness.gateway import REPO_ROOT
+from tests.harness.orthanc import ORTHANC_BINARY
+
+__all__ = ["load_average", "machine_info", "versions"]
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "cpu_model": _cpu_model(),
+        "cores": os.cpu_count(),
+        "ram_gb": round(_meminfo_kb("MemTotal") / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "os": _os_release(),
+        "hostname": platform.node(),
+    }
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def versions() -> dict[str, str | None]:
+    return {
+        "python": platform.python_version(),
+        "gateway": _package("dicom-gateway"),
+        "gateway_commit": _git_revision(),
+        "pydicom": _package("pydicom"),
+        "pynetdicom": _package("pynetdicom"),
+        "httpx": _package("httpx"),
+        "uvicorn": _package("uvicorn"),
+        "orthanc": _tool_version([str(ORTHANC_BINARY), "--version"], r"([0-9]+\.[0-9]+\.[0-9]+)"),
+        "orthanc_dicomweb": _debian_version("orthanc-dicomweb"),
+        "dcmtk": _tool_version(["storescp", "--version"], r"v([0-9]+\.[0-9]+\.[0-9]+)"),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _meminfo_kb(field: str) -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return float(line.split()[1])
+    return 0.0
+
+
+def _os_release() -> str:
+    try:
+        text = Path("/etc/os-release").read_text()
+    except OSError:
+        return platform.system()
+    match = re.search(r'^PRETTY_NAME="?([^"\n]+)"?', text, re.MULTILINE)
+    return match.group(1) if match else platform.system()
+
+
+def _package(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _run(argv: list[str], cwd: Path | None = None) -> str | None:
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=20, cwd=cwd, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (done.stdout + done.stderr) if done.returncode == 0 else None
+
+
+def _tool_version(argv: list[str], pattern: str) -> str | None:
+    output = _run(argv)
+    match = re.search(pattern, output or "")
+    return match.group(1) if match else None
+
+
+def _debian_version(package: str) -> str | None:
+    output = _run(["dpkg-query", "-W", "-f=${Version}", package])
+    return output.strip() if output else None
+
+
+def _git_revision() -> str | None:
+    head = _run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT)
+    if head is None:
+        return None
+    dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT)
+    return head.strip() + ("+dirty" if dirty else "")
+
+
+if __name__ == "__main__":  # pragma: no cover - a quick look from the shell
+    import json
+
+    json.dump(
+        {"machine": machine_info(), "versions": versions(), "python": sys.version}, sys.stdout
+    )

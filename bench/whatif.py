@@ -1,0 +1,140 @@
+"""What would removing one cost buy? C-STORE ingest with a cost switched off, vs the baseline.
+
+    python -m bench.whatif [--scenario cstore-ct|cstore-tiny] [--repeat 3] [--quick]
+                           [--variants baseline,nofsync,sqlite-normal,fastpoll,...]
+
+The profile (``bench.profile``) says where samples land; this says what the throughput would
+be without a cost, which is what a proposal is worth. Each variant is a fresh gateway started
+with switches from ``bench/whatif_patches/sitecustomize.py`` (``nofsync``, ``sqlite-normal``,
+``fastpoll``; ``a+b`` combines them), run interleaved with the baseline (``--repeat``
+rounds, order rotated), medians reported as a ratio to the baseline. The switches remove
+durability on purpose and exist only to price it; nothing in ``gateway/`` changes.
+
+Writes ``bench/results/whatif-<scenario>.json``, rendered by ``python -m bench.report``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.datasets import Store, default_data_root, profile_named
+from bench.machine import load_average, versions
+from bench.measure import MB, cpu_seconds, median
+from bench.scenarios.base import BenchError, Context
+from bench.scenarios.cstore import send_cstore
+from bench.systems import gateway_config, running_gateway
+from tests.harness.gateway import REPO_ROOT
+
+__all__ = ["PATCHES", "main"]
+
+PATCHES = Path(__file__).resolve().parent / "whatif_patches"
+RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_VARIANTS = (
+    "baseline",
+    "nofsync",
+    "sqlite-normal",
+    "nofsync+sqlite-normal",
+    "fastpoll",
+    "nofsync+sqlite-normal+fastpoll",
+)
+
+
+def _environment(variant: str) -> dict[str, str]:
+    switches = "" if variant == "baseline" else variant.replace("+", ",")
+    return {
+        "PYTHONPATH": os.pathsep.join([str(PATCHES), str(REPO_ROOT)]),
+        "BENCH_WHATIF": switches,
+    }
+
+
+def _run(ctx: Context, variant: str, files: tuple[Path, ...], total_bytes: int) -> dict[str, float]:
+    label = f"whatif-{variant.replace('+', '_')}"
+    with (
+        ctx.scratch(label) as work,
+        running_gateway(gateway_config(work), env=_environment(variant)) as gateway,
+    ):
+        cpu = cpu_seconds(gateway.pid)
+        seconds = send_cstore(files, gateway)
+        cpu = cpu_seconds(gateway.pid) - cpu
+        stored = gateway.count_instances()
+    if stored != len(files):
+        raise BenchError(f"{variant}: {stored} of {len(files)} instances stored")
+    return {
+        "seconds": seconds,
+        "instances_per_s": len(files) / seconds,
+        "mb_per_s": total_bytes / MB / seconds,
+        "cpu_ms_per_instance": cpu * 1000 / len(files),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.whatif", description=__doc__)
+    parser.add_argument("--scenario", choices=("cstore-ct", "cstore-tiny"), default="cstore-ct")
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--data", type=Path)
+    parser.add_argument("--output-dir", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    profile = profile_named("quick" if args.quick else "full")
+    data_root = (args.data or default_data_root()).resolve()
+    store = Store(data_root, profile)
+    ctx = Context(store=store, profile=profile, work_root=data_root / "work" / "whatif")
+    data = store.ct() if args.scenario == "cstore-ct" else store.tiny()
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
+    for rep in range(args.repeat):
+        shift = rep % len(variants)
+        for variant in variants[shift:] + variants[:shift]:
+            ctx.log(f"whatif {args.scenario}: round {rep + 1}/{args.repeat}, {variant}")
+            runs[variant].append(_run(ctx, variant, data.files, data.total_bytes))
+    medians = {
+        v: {k: round(median([r[k] for r in rs]), 3) for k in rs[0]} for v, rs in runs.items() if rs
+    }
+    base = medians.get("baseline", {}).get("instances_per_s")
+    rows = [
+        {
+            "variant": v,
+            "instances_per_s": m["instances_per_s"],
+            "mb_per_s": m["mb_per_s"],
+            "cpu_ms_per_instance": m.get("cpu_ms_per_instance"),
+            "vs_baseline": round(m["instances_per_s"] / base, 3) if base else None,
+        }
+        for v, m in medians.items()
+    ]
+    document: dict[str, Any] = {
+        "scenario": args.scenario,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["python -m bench.whatif", *(sys.argv[1:] if argv is None else argv)]),
+        "gateway_commit": versions().get("gateway_commit"),
+        "load_average": load_average(),
+        "instances": data.count,
+        "megabytes": round(data.total_bytes / MB, 1),
+        "repeat": args.repeat,
+        "rows": rows,
+        "runs": runs,
+    }
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    out = args.output_dir / f"whatif-{args.scenario}.json"
+    out.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"{'variant':<34} {'inst/s':>8} {'MB/s':>8} {'CPU ms/inst':>12} {'vs baseline':>12}")
+    for row in rows:
+        ratio = f"{row['vs_baseline']:.2f}x" if row["vs_baseline"] else "-"
+        print(
+            f"{row['variant']:<34} {row['instances_per_s']:8.1f} {row['mb_per_s']:8.1f} "
+            f"{row['cpu_ms_per_instance']:12.2f} {ratio:>12}"
+        )
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

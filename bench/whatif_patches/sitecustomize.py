@@ -1,0 +1,71 @@
+"""What-if switches for ``python -m bench.whatif``, loaded into a gateway subprocess only.
+
+Python imports ``sitecustomize`` at start-up from ``sys.path``; ``bench.whatif`` puts this
+folder first on the gateway's ``PYTHONPATH`` and names the switches in ``BENCH_WHATIF``
+(comma-separated). Each switch removes one cost so its share of the throughput can be
+measured; none is a proposal as written (they drop durability on purpose). Nothing happens
+when ``BENCH_WHATIF`` is unset, and no gateway code is changed on disk.
+
+* ``nofsync``: ``os.fsync`` does nothing (the spool's file and folder fsyncs).
+* ``sqlite-normal``: ``PRAGMA synchronous=FULL`` becomes ``NORMAL`` (WAL commits not fsynced).
+* ``fastpoll``: pynetdicom's 1 ms reactor sleeps (DUL and association loops) become 0.1 ms.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+import time
+import types
+
+_SWITCHES = {s.strip() for s in os.environ.get("BENCH_WHATIF", "").split(",") if s.strip()}
+
+
+def _nofsync() -> None:
+    os.fsync = lambda fd: None
+
+
+def _sqlite_normal() -> None:
+    original = sqlite3.connect
+
+    class Connection(sqlite3.Connection):
+        def execute(self, sql, *args):  # type: ignore[no-untyped-def, override]
+            if sql.replace(" ", "").upper() == "PRAGMA SYNCHRONOUS=FULL":
+                sql = "PRAGMA synchronous=NORMAL"
+            return super().execute(sql, *args)
+
+    def connect(*args, **kwargs):  # type: ignore[no-untyped-def]
+        kwargs.setdefault("factory", Connection)
+        return original(*args, **kwargs)
+
+    sqlite3.connect = connect  # type: ignore[assignment]
+
+
+def _fastpoll() -> None:
+    import pynetdicom.association as association
+    import pynetdicom.dul as dul
+
+    shim = types.ModuleType("time")
+    shim.__dict__.update(time.__dict__)
+    real_sleep = time.sleep
+    shim.sleep = lambda seconds: real_sleep(seconds / 10 if seconds == 0.001 else seconds)
+    association.time = shim  # type: ignore[attr-defined]
+    original_init = dul.DULServiceProvider.__init__
+
+    def init(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        original_init(self, *args, **kwargs)
+        self._run_loop_delay = 0.0001
+
+    dul.DULServiceProvider.__init__ = init  # type: ignore[method-assign]
+
+
+_APPLY = {"nofsync": _nofsync, "sqlite-normal": _sqlite_normal, "fastpoll": _fastpoll}
+
+for _name in sorted(_SWITCHES):
+    if _name not in _APPLY:
+        sys.stderr.write(f"bench whatif: unknown switch {_name!r}\n")
+        continue
+    _APPLY[_name]()
+if _SWITCHES:
+    sys.stderr.write(f"bench whatif: applied {sorted(_SWITCHES)}\n")

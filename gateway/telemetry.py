@@ -1,0 +1,422 @@
+"""OpenTelemetry for one gateway: providers from the OTEL_* environment, span keys, propagation.
+
+A study's journey is one trace: the DIMSE association (or the inbound HTTP request, continuing
+the sender's W3C `traceparent`) is its root, each instance's ingest a child, and every delivery
+attempt, even one made hours later by another process, a child of that instance's ingest span.
+That last link survives restarts because ingest persists the ingest span's `traceparent` with
+the instance (`instances.trace_context`) and the delivery worker parents its span on it.
+
+Configured like any OpenTelemetry service, by the standard environment variables:
+`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_EXPORTER` and
+`OTEL_METRICS_EXPORTER` (`otlp`, `console`, `none`, comma-separated), `OTEL_EXPORTER_OTLP_*`
+(endpoint, protocol `http/protobuf` or `grpc`, headers, timeout, ...), `OTEL_TRACES_SAMPLER`,
+`OTEL_BSP_*`, `OTEL_METRIC_EXPORT_INTERVAL`, `OTEL_SDK_DISABLED`. With no exporter variable and
+no OTLP endpoint set, nothing is exported, but spans are still made so logs carry trace ids,
+`trace STUDY_UID` can name them and downstream gateways continue the trace.
+
+Telemetry never stops the gateway: spans leave through a bounded batch queue on a background
+thread (a down collector costs dropped spans, not ingest time), exports time out after 5 s
+unless `OTEL_EXPORTER_OTLP_TIMEOUT` says otherwise, a broken exporter configuration is logged
+and skipped, and shutdown waits at most a few seconds for a last flush.
+
+Everything is per gateway and passed in explicitly (no global provider is installed), except
+the httpx instrumentation: it patches httpx's transport process-wide, so outbound STOW-RS and
+token requests made anywhere in the process carry `traceparent`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from prometheus_client import CollectorRegistry
+
+from gateway.metrics import GatewayMetrics
+
+log = logging.getLogger(__name__)
+
+# -- attribute keys (dashboards and queries rely on these exact names) ---------------------------
+STUDY_UID = "dicom.study_instance_uid"
+SERIES_UID = "dicom.series_instance_uid"
+SOP_UID = "dicom.sop_instance_uid"
+CALLING_AE = "dicom.calling_ae"
+CALLED_AE = "dicom.called_ae"
+PEER_ADDRESS = "net.peer.address"
+DESTINATION = "gateway.destination"
+RULE = "gateway.rule"
+DICOM_STATUS = "dicom.status"
+HTTP_STATUS_CODE = "http.status_code"
+BYTES = "gateway.bytes"
+DOOR = "gateway.door"
+OUTCOME = "gateway.outcome"
+INSTANCES = "gateway.instances"
+
+SERVICE_NAME_DEFAULT = "dicom-gateway"
+_EXPORT_TIMEOUT_SECONDS = 5.0
+_SHUTDOWN_SECONDS = 5.0
+_GRPC_HINT = "OTLP over gRPC needs `pip install opentelemetry-exporter-otlp-proto-grpc`"
+_TRACECONTEXT = TraceContextTextMapPropagator()
+_HTTP_EXCLUDED = r"/healthz$,/readyz$,/metrics$"
+
+AttributeValue = str | bool | int | float | Sequence[str]
+
+
+class Telemetry:
+    """Tracer and metrics of one gateway, plus what must be flushed at shutdown."""
+
+    def __init__(
+        self,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
+        self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
+        self.tracer: Tracer = (
+            tracer_provider.get_tracer("gateway")
+            if tracer_provider is not None
+            else trace.NoOpTracer()
+        )
+        self.metrics = metrics if metrics is not None else GatewayMetrics.disabled()
+        self._instrumented_httpx = False
+
+    @classmethod
+    def disabled(cls) -> Telemetry:
+        """No spans, no metrics: the default for components built without telemetry."""
+        return cls()
+
+    @classmethod
+    def from_environment(
+        cls,
+        *,
+        service_version: str,
+        instance_id: str,
+        environ: Mapping[str, str] | None = None,
+    ) -> Telemetry:
+        """Providers and exporters as the OTEL_* variables describe them.
+
+        `environ` decides which exporters run; the OTLP exporters themselves read their
+        endpoint, headers and certificates from the process environment, as the SDK does.
+        """
+        env = os.environ if environ is None else environ
+        if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+            log.info("OpenTelemetry disabled by OTEL_SDK_DISABLED")
+            return cls()
+        resource = _resource(service_version, instance_id)
+        # shutdown_on_exit=False: `shutdown()` bounds the final flush; an atexit flush would not.
+        tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+        for exporter in _span_exporters(env):
+            # Bounded queue (OTEL_BSP_MAX_QUEUE_SIZE, 2048) on a background thread: a slow
+            # or absent collector drops spans instead of slowing ingest.
+            tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+        registry = CollectorRegistry(auto_describe=False)
+        readers: list[MetricReader] = [_prometheus_reader(registry)]
+        readers.extend(_metric_readers(env))
+        meter_provider = MeterProvider(
+            resource=resource, metric_readers=readers, shutdown_on_exit=False
+        )
+        metrics = GatewayMetrics(meter_provider.get_meter("gateway"), registry)
+        return cls(tracer_provider=tracer_provider, meter_provider=meter_provider, metrics=metrics)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Instrument httpx so outbound requests carry `traceparent` (once per process)."""
+        if self.tracer_provider is None:
+            return
+        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+        instrumentor = HTTPXClientInstrumentor()
+        if instrumentor.is_instrumented_by_opentelemetry:
+            return  # another gateway in this process did it (tests only)
+        instrumentor.instrument(
+            tracer_provider=self.tracer_provider, meter_provider=self.meter_provider
+        )
+        self._instrumented_httpx = True
+
+    def wrap_asgi(self, app: Any) -> Any:
+        """The ASGI app behind OpenTelemetry's middleware: inbound `traceparent` is continued."""
+        if self.tracer_provider is None:
+            return app
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+        return OpenTelemetryMiddleware(
+            app,
+            excluded_urls=_HTTP_EXCLUDED,
+            tracer_provider=self.tracer_provider,
+            meter_provider=self.meter_provider,
+            exclude_spans=["receive", "send"],  # one span per request, not per body chunk
+        )
+
+    def shutdown(self, timeout: float = _SHUTDOWN_SECONDS) -> None:
+        """Flush and stop exporters, waiting at most `timeout` seconds in all."""
+        if self._instrumented_httpx:
+            from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+            HTTPXClientInstrumentor().uninstrument()
+            self._instrumented_httpx = False
+        providers: list[Callable[[], object]] = []
+        if self.tracer_provider is not None:
+            providers.append(self.tracer_provider.shutdown)
+        if self.meter_provider is not None:
+            meter_provider = self.meter_provider
+            providers.append(lambda: meter_provider.shutdown(timeout_millis=timeout * 1000))
+
+        def run(stop: Callable[[], object]) -> None:
+            try:
+                stop()
+            except Exception:
+                log.exception("telemetry shutdown failed")
+
+        # A collector that is down must not hold the process: traces and metrics flush side by
+        # side in daemon threads, and whatever is still unsent after `timeout` is dropped.
+        stoppers = [
+            threading.Thread(target=run, args=(stop,), name="telemetry-shutdown", daemon=True)
+            for stop in providers
+        ]
+        deadline = time.monotonic() + timeout
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join(max(0.0, deadline - time.monotonic()))
+        if any(stopper.is_alive() for stopper in stoppers):
+            log.warning("telemetry: exporters did not flush within %.0f s; data dropped", timeout)
+
+    # -- spans -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def span(
+        self,
+        name: str,
+        *,
+        kind: SpanKind = SpanKind.INTERNAL,
+        parent: Context | None = None,
+        links: Sequence[trace.Link] = (),
+        attributes: Mapping[str, AttributeValue | None] | None = None,
+    ) -> Iterator[Span]:
+        """A current span; an exception marks it as an error and propagates unchanged."""
+        with self.tracer.start_as_current_span(
+            name,
+            context=parent,
+            kind=kind,
+            links=list(links),
+            attributes=clean(attributes or {}),
+            record_exception=True,
+            set_status_on_exception=True,
+        ) as span:
+            yield span
+
+
+def set_attributes(span: Span, attributes: Mapping[str, AttributeValue | None]) -> None:
+    """Set the attributes that have a value (None means "not known here")."""
+    span.set_attributes(clean(attributes))
+
+
+def clean(attributes: Mapping[str, AttributeValue | None]) -> dict[str, AttributeValue]:
+    return {key: value for key, value in attributes.items() if value is not None}
+
+
+def mark_error(span: Span, description: str) -> None:
+    span.set_status(Status(StatusCode.ERROR, description))
+
+
+# -- propagation -----------------------------------------------------------------------------------
+
+
+def traceparent_of(span: Span | None = None) -> str | None:
+    """The W3C `traceparent` of `span` (default: the current span), or None if there is none."""
+    target = span if span is not None else trace.get_current_span()
+    context = target.get_span_context()
+    if not context.is_valid:
+        return None
+    carrier: dict[str, str] = {}
+    _TRACECONTEXT.inject(carrier, context=trace.set_span_in_context(target))
+    return carrier.get("traceparent")
+
+
+def context_from_traceparent(traceparent: str | None) -> Context | None:
+    """A parent context from a persisted `traceparent`; None if absent or malformed."""
+    if not traceparent:
+        return None
+    context = _TRACECONTEXT.extract({"traceparent": traceparent})
+    if not trace.get_current_span(context).get_span_context().is_valid:
+        return None
+    return context
+
+
+def link_to(traceparent: str | None) -> trace.Link | None:
+    """A span link to the span a persisted `traceparent` names."""
+    context = context_from_traceparent(traceparent)
+    if context is None:
+        return None
+    return trace.Link(trace.get_current_span(context).get_span_context())
+
+
+def trace_id_of(traceparent: str | None) -> str | None:
+    """The 32-hex-digit trace id inside a `traceparent`, as trace backends show it."""
+    context = context_from_traceparent(traceparent)
+    if context is None:
+        return None
+    return format(trace.get_current_span(context).get_span_context().trace_id, "032x")
+
+
+# -- configuration from the environment ------------------------------------------------------------
+
+
+def _resource(service_version: str, instance_id: str) -> Resource:
+    resource = Resource.create(
+        {"service.version": service_version, "service.instance.id": instance_id}
+    )
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": SERVICE_NAME_DEFAULT}))
+    return resource
+
+
+def _exporter_names(env: Mapping[str, str], signal: str) -> list[str]:
+    """`OTEL_<signal>_EXPORTER`; unset means otlp if an OTLP endpoint is set, else none."""
+    raw = env.get(f"OTEL_{signal}_EXPORTER")
+    if raw is None or not raw.strip():
+        endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get(
+            f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"
+        )
+        return ["otlp"] if endpoint else []
+    names = [name.strip().lower() for name in raw.split(",") if name.strip()]
+    return [] if "none" in names else names
+
+
+def _protocol(env: Mapping[str, str], signal: str) -> str:
+    return (
+        env.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")
+        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    ).strip()
+
+
+def _timeout(env: Mapping[str, str], signal: str) -> float | None:
+    """None lets the exporter read OTEL_EXPORTER_OTLP_*TIMEOUT; else our short default."""
+    if env.get(f"OTEL_EXPORTER_OTLP_{signal}_TIMEOUT") or env.get("OTEL_EXPORTER_OTLP_TIMEOUT"):
+        return None
+    return _EXPORT_TIMEOUT_SECONDS
+
+
+def _span_exporters(env: Mapping[str, str]) -> list[SpanExporter]:
+    exporters: list[SpanExporter] = []
+    for name in _exporter_names(env, "TRACES"):
+        try:
+            exporter = _span_exporter(name, env)
+        except Exception as exc:  # a bad exporter setting must not stop the gateway
+            log.error("telemetry: trace exporter %r not started: %s", name, exc)
+            continue
+        if exporter is not None:
+            exporters.append(exporter)
+    return exporters
+
+
+def _span_exporter(name: str, env: Mapping[str, str]) -> SpanExporter | None:
+    if name == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        return ConsoleSpanExporter()
+    if name != "otlp":
+        log.error(
+            "telemetry: OTEL_TRACES_EXPORTER %r is not supported; use otlp, console, none", name
+        )
+        return None
+    protocol = _protocol(env, "TRACES")
+    if protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter(timeout=_timeout(env, "TRACES"))
+    if protocol == "grpc":
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found]
+                OTLPSpanExporter as GrpcSpanExporter,
+            )
+        except ImportError:
+            log.error(
+                "telemetry: %s; traces are not exported (or set "
+                "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf)",
+                _GRPC_HINT,
+            )
+            return None
+        exporter: SpanExporter = GrpcSpanExporter(timeout=_timeout(env, "TRACES"))
+        return exporter
+    log.error(
+        "telemetry: OTEL_EXPORTER_OTLP_PROTOCOL %r is not supported; use http/protobuf or grpc",
+        protocol,
+    )
+    return None
+
+
+def _metric_readers(env: Mapping[str, str]) -> list[MetricReader]:
+    from opentelemetry.sdk.metrics.export import (
+        ConsoleMetricExporter,
+        MetricExporter,
+        PeriodicExportingMetricReader,
+    )
+
+    readers: list[MetricReader] = []
+    for name in _exporter_names(env, "METRICS"):
+        exporter: MetricExporter | None = None
+        try:
+            if name == "prometheus":
+                continue  # /metrics is always served; nothing to add
+            if name == "console":
+                exporter = ConsoleMetricExporter()
+            elif name == "otlp":
+                exporter = _otlp_metric_exporter(env)
+            else:
+                log.error(
+                    "telemetry: OTEL_METRICS_EXPORTER %r is not supported; "
+                    "use otlp, console, prometheus, none",
+                    name,
+                )
+        except Exception as exc:
+            log.error("telemetry: metric exporter %r not started: %s", name, exc)
+        if exporter is not None:
+            readers.append(PeriodicExportingMetricReader(exporter))
+    return readers
+
+
+def _otlp_metric_exporter(env: Mapping[str, str]) -> Any:
+    protocol = _protocol(env, "METRICS")
+    if protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+        return OTLPMetricExporter(timeout=_timeout(env, "METRICS"))
+    if protocol == "grpc":
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (  # type: ignore[import-not-found]
+                OTLPMetricExporter as GrpcMetricExporter,
+            )
+        except ImportError:
+            log.error("telemetry: %s; metrics are not exported over OTLP", _GRPC_HINT)
+            return None
+        return GrpcMetricExporter(timeout=_timeout(env, "METRICS"))
+    log.error("telemetry: OTEL_EXPORTER_OTLP_PROTOCOL %r is not supported", protocol)
+    return None
+
+
+def _prometheus_reader(registry: CollectorRegistry) -> MetricReader:
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+
+    # No target_info or scope labels: the scrape config names the job and instance, and the
+    # scope is always "gateway".
+    return PrometheusMetricReader(
+        disable_target_info=True, scope_info_enabled=False, registry=registry
+    )

@@ -1,0 +1,70 @@
+"""The `logging:` and `telemetry:` sections of the config file.
+
+Kept apart from gateway/config.py so the observability switches live next to their docs
+(docs/observability.md) and config.py only wires them in. Where traces and metrics go is not
+here: that is the standard `OTEL_*` environment (gateway/telemetry.py), so the gateway is
+configured like every other OpenTelemetry service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from gateway.exceptions import ConfigError
+
+LogFormat = Literal["text", "json"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoggingSettings:
+    """How log lines look and whether they may carry PHI (patient data beyond UIDs)."""
+
+    format: LogFormat = "text"
+    phi: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TelemetrySettings:
+    """Gateway-side telemetry switches; exporters come from the OTEL_* environment."""
+
+    metrics_public: bool = False  # list /metrics without a token (else scope gateway.admin)
+
+
+def parse_logging(raw: object) -> LoggingSettings:
+    entry = _mapping(raw, "logging")
+    _no_unknown(entry, "logging", {"format", "phi"})
+    form = entry.get("format", "text")
+    if form not in ("text", "json"):
+        raise ConfigError(f"logging.format is {form!r}; use text or json")
+    return LoggingSettings(format=form, phi=_flag(entry, "logging", "phi"))
+
+
+def parse_telemetry(raw: object) -> TelemetrySettings:
+    entry = _mapping(raw, "telemetry")
+    _no_unknown(entry, "telemetry", {"metrics_public"})
+    return TelemetrySettings(metrics_public=_flag(entry, "telemetry", "metrics_public"))
+
+
+def _mapping(value: object, key: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key} must be a mapping (key: value lines), not {type(value).__name__}")
+    return value
+
+
+def _no_unknown(entry: Mapping[str, Any], key: str, allowed: set[str]) -> None:
+    unknown = sorted(str(k) for k in entry if k not in allowed)
+    if unknown:
+        raise ConfigError(
+            f"{key}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+        )
+
+
+def _flag(entry: Mapping[str, Any], key: str, name: str) -> bool:
+    value = entry.get(name, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}.{name} must be true or false, not {value!r}")
+    return value
