@@ -14,6 +14,7 @@ from typing import Any
 
 from gateway.db import Database
 from gateway.db.engine import Row
+from gateway.db.events import events_for
 from gateway.exceptions import GatewayError
 
 
@@ -23,19 +24,7 @@ def recent_events(
     """The newest `limit` events of a study and/or an actor, oldest first."""
     if study_uid is None and actor is None:
         raise GatewayError("give --study UID or --actor NAME (or both)")
-    clauses, params = [], []
-    if study_uid is not None:
-        clauses.append("study_instance_uid = ?")
-        params.append(study_uid)
-    if actor is not None:
-        clauses.append("actor = ?")
-        params.append(actor)
-    with db.transaction(write=False) as cur:
-        rows = cur.execute(
-            f"SELECT * FROM events WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?",
-            (*params, limit),
-        ).fetchall()
-    return list(reversed(rows))
+    return events_for(db, study_uid=study_uid, actor=actor, limit=limit)
 
 
 def events_json(rows: list[Row]) -> str:

@@ -60,7 +60,7 @@ async def trace(request: Request) -> Response:
 
 @problem_handler
 async def audit(request: Request) -> Response:
-    """GET /admin/audit?study=UID&actor=NAME: audit events, oldest first."""
+    """GET /admin/audit?study=UID&actor=NAME: the newest events, oldest first."""
     study = request.query_params.get("study")
     actor = request.query_params.get("actor")
     if study is None and actor is None:

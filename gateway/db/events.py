@@ -39,7 +39,7 @@ def audit(db: Database, kind: str, **fields: Any) -> None:
 def events_for(
     db: Database, *, study_uid: str | None = None, actor: str | None = None, limit: int = 500
 ) -> list[Row]:
-    """Events of one study or one actor, oldest first."""
+    """The newest `limit` events of a study and/or an actor, oldest first."""
     clauses, params = [], []
     if study_uid is not None:
         clauses.append("study_instance_uid = ?")
@@ -49,6 +49,7 @@ def events_for(
         params.append(actor)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     with db.transaction(write=False) as cur:
-        return cur.execute(
-            f"SELECT * FROM events {where} ORDER BY id LIMIT ?", (*params, limit)
+        rows = cur.execute(
+            f"SELECT * FROM events {where} ORDER BY id DESC LIMIT ?", (*params, limit)
         ).fetchall()
+    return list(reversed(rows))
