@@ -1,6 +1,7 @@
 """Where the gateway's time goes during C-STORE ingest: py-spy samples grouped by cost.
 
-    python -m bench.profile [--scenario cstore-ct|cstore-tiny] [--rate 200] [--passes 3] [--quick]
+    python -m bench.profile [--scenario cstore-ct|cstore-tiny|cstore-multiframe]
+                            [--rate 200] [--passes 3] [--quick] [--idle-association]
 
 A fresh gateway process ingests the scenario's data from storescu (as in ``python -m bench``)
 while ``py-spy record --pid`` samples it; ``--passes`` such runs for on-CPU samples, as many
@@ -45,6 +46,7 @@ from typing import Any
 
 from bench.datasets import DataSet, Store, default_data_root, profile_named
 from bench.machine import load_average, versions
+from bench.measure import cpu_seconds
 from bench.scenarios.base import Context
 from bench.scenarios.cstore import send_cstore
 from bench.systems import gateway_config, running_gateway
@@ -338,9 +340,41 @@ def _record_passes(
     return seconds / passes
 
 
+def idle_association_cost(ctx: Context, seconds: float = 10.0) -> dict[str, float]:
+    """The gateway's CPU use while idle, with no association and with one open but silent.
+
+    pynetdicom's reactors poll (1 ms sleeps) instead of blocking, so an open association
+    costs CPU even when nothing arrives: this prices the polling on its own.
+    """
+    from pynetdicom import AE
+
+    with ctx.scratch("profile-idle") as work, running_gateway(gateway_config(work)) as gw:
+        time.sleep(2.0)  # let start-up settle
+        before = cpu_seconds(gw.pid)
+        time.sleep(seconds)
+        idle = (cpu_seconds(gw.pid) - before) / seconds
+        ae = AE(ae_title="BENCHIDLE")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assoc = ae.associate("127.0.0.1", gw.dimse_port, ae_title=gw.aet)
+        try:
+            if not assoc.is_established:
+                raise SystemExit("no association with the gateway")
+            time.sleep(1.0)
+            before = cpu_seconds(gw.pid)
+            time.sleep(seconds)
+            open_idle = (cpu_seconds(gw.pid) - before) / seconds
+        finally:
+            assoc.release()
+            ae.shutdown()
+    # The client's own reactors poll too, in this process: not counted (other pid).
+    return {"idle_cpu_share": round(idle, 4), "open_association_cpu_share": round(open_idle, 4)}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
-    parser.add_argument("--scenario", choices=("cstore-ct", "cstore-tiny"), default="cstore-ct")
+    parser.add_argument(
+        "--scenario", choices=("cstore-ct", "cstore-tiny", "cstore-multiframe"), default="cstore-ct"
+    )
     parser.add_argument("--rate", type=int, default=200, help="samples per second (default 200)")
     parser.add_argument(
         "--passes", type=int, default=3, help="ingest runs per view, each a fresh gateway (3)"
@@ -351,14 +385,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--analyse-only", action="store_true", help="re-read the raw files of the last recording"
     )
+    parser.add_argument(
+        "--idle-association",
+        action="store_true",
+        help="only measure the CPU an idle gateway uses with and without an open association",
+    )
     args = parser.parse_args(argv)
 
     profile = profile_named("quick" if args.quick else "full")
     data_root = (args.data or default_data_root()).resolve()
     store = Store(data_root, profile)
     ctx = Context(store=store, profile=profile, work_root=data_root / "work" / "profile")
-    data = store.ct() if args.scenario == "cstore-ct" else store.tiny()
     args.output_dir.mkdir(parents=True, exist_ok=True)
+    if args.idle_association:
+        cost = idle_association_cost(ctx)
+        (args.output_dir / "idle-association.json").write_text(json.dumps(cost, indent=2) + "\n")
+        print(
+            f"gateway CPU while idle: {cost['idle_cpu_share']:.1%} of a core; with one open, "
+            f"silent association: {cost['open_association_cpu_share']:.1%} of a core"
+        )
+        return 0
+    data = {
+        "cstore-ct": store.ct,
+        "cstore-tiny": store.tiny,
+        "cstore-multiframe": store.multiframe,
+    }[args.scenario]()
     stem = f"profile-{args.scenario}"
     raw_cpu = args.output_dir / f"{stem}-cpu.txt"
     raw_wall = args.output_dir / f"{stem}-wall.txt"

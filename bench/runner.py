@@ -181,6 +181,8 @@ def _fmt(value: float | None) -> str:
         return f"{value:.0f}"
     if abs(value) >= 10:
         return f"{value:.1f}"
+    if value and abs(value) < 0.01:
+        return f"{value:.4f}"
     return f"{value:.2f}"
 
 

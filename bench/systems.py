@@ -2,9 +2,12 @@
 
 * ``gateway``: ``python -m gateway serve`` (:class:`tests.harness.GatewayProcess`), SQLite and a
   filesystem spool in its own folder, HTTP on, a bearer token from ``python -m gateway token``.
+* ``gateway`` runs its defaults otherwise: log level info, no telemetry exporter, 256 KB
+  maximum PDU, routing default ``hold`` (no destinations except in the bridge scenario).
 * ``orthanc``: Orthanc + DICOMweb plugin (:class:`tests.harness.OrthancServer`) with the
   harness's config: ``SyncStorageArea`` at its default (true: files are fsynced), no storage
-  compression, ``TCP_NODELAY=1``.
+  compression, ``TCP_NODELAY=1``; otherwise Orthanc's defaults (SQLite index, 16 KB maximum
+  PDU, ``StorageAccessOnFind: Always``).
 * ``storescp``: DCMTK ``storescp --bit-preserving`` (:class:`tests.harness.StoreSCP`), the
   floor: it writes each object to a file and does nothing else (no fsync, no index).
 

@@ -17,9 +17,23 @@ from typing import Any, Literal
 
 import yaml
 
-from gateway.auth.settings import OutboundAuth, parse_inbound_auth, parse_outbound_auth
-from gateway.dicom.uids import validate_ae_title
-from gateway.exceptions import ConfigError, InvalidInputError
+from gateway.auth.settings import parse_inbound_auth
+from gateway.config_values import TlsSettings
+from gateway.config_values import ae_title as _ae_title
+from gateway.config_values import mapping as _mapping
+from gateway.config_values import no_unknown as _no_unknown
+from gateway.config_values import number as _number
+from gateway.config_values import resolve_path as _resolve
+from gateway.config_values import text as _text
+from gateway.config_values import tls_settings as _tls
+from gateway.destinations import (
+    Destination,
+    DicomwebDestination,
+    DimseDestination,
+    RetryPolicy,
+    parse_destinations,
+)
+from gateway.exceptions import ConfigError
 from gateway.routing.rules import Rule, load_default, load_rules
 from gateway.spool.s3url import parse_s3_url
 from gateway.telemetry_config import (
@@ -30,6 +44,18 @@ from gateway.telemetry_config import (
 )
 from gateway.web.limits import HttpLimits, parse_http_limits
 
+# Re-exported: other modules import these settings types from gateway.config.
+__all__ = [
+    "Destination",
+    "DicomwebDestination",
+    "DimseDestination",
+    "RetryPolicy",
+    "Settings",
+    "TlsSettings",
+    "load_settings",
+    "parse_settings",
+]
+
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 DuplicatePolicy = Literal["overwrite", "ignore", "reject"]
 
@@ -38,14 +64,6 @@ DuplicatePolicy = Literal["overwrite", "ignore", "reject"]
 class Endpoint:
     host: str
     port: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TlsSettings:
-    cert: Path
-    key: Path
-    ca: Path | None = None
-    require_client_cert: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,49 +97,6 @@ class DimseSettings:
     network_timeout: float = 60.0
     max_pdu: int = 262_144
     tls: TlsSettings | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RetryPolicy:
-    max_attempts: int = 20
-    max_age_hours: float = 72.0
-    initial_backoff: float = 5.0
-    max_backoff: float = 900.0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DicomwebDestination:
-    name: str
-    url: str
-    timeout: float = 60.0
-    max_batch_bytes: int = 64 * 1024 * 1024
-    max_batch_instances: int = 100
-    workers: int = 1
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    auth: OutboundAuth | None = None
-    verify: bool | str = True
-    type: Literal["dicomweb"] = "dicomweb"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DimseDestination:
-    name: str
-    ae_title: str
-    host: str
-    port: int
-    calling_ae_title: str | None = None
-    max_batch_instances: int = 200
-    max_batch_bytes: int = 512 * 1024 * 1024
-    workers: int = 1
-    acse_timeout: float = 30.0
-    dimse_timeout: float = 120.0
-    network_timeout: float = 60.0
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    tls: TlsSettings | None = None
-    type: Literal["dimse"] = "dimse"
-
-
-Destination = DicomwebDestination | DimseDestination
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -214,7 +189,7 @@ def parse_settings(raw: object, *, base_dir: Path, source: Path | None = None) -
     node = _node(top.get("node", {}))
     storage = _storage(top.get("storage", {}), base_dir)
     dimse = _dimse(top.get("dimse", {}), base_dir)
-    destinations = _destinations(top.get("destinations", {}), node.ae_title, base_dir)
+    destinations = parse_destinations(top.get("destinations", {}), node.ae_title, base_dir)
     routes = load_rules(top.get("routes", []), destinations.keys())
     default = load_default(top.get("routing_default", "hold"), destinations.keys())
     delivery_raw = _mapping(top.get("delivery", {}), "delivery")
@@ -379,130 +354,6 @@ def _dimse(raw: object, base_dir: Path) -> DimseSettings:
     )
 
 
-def _destinations(raw: object, node_ae: str, base_dir: Path) -> dict[str, Destination]:
-    items = _mapping(raw, "destinations")
-    result: dict[str, Destination] = {}
-    for name, value in items.items():
-        key = f"destinations.{name}"
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
-            raise ConfigError(f"{key}: destination names use letters, digits, '_', '.', '-'")
-        entry = _mapping(value, key)
-        kind = entry.get("type")
-        retry = _retry(entry.get("retry", {}), f"{key}.retry")
-        workers = int(_number(entry, key, "workers", 1, minimum=1))
-        if kind == "dicomweb":
-            _no_unknown(
-                entry,
-                key,
-                {
-                    "type",
-                    "url",
-                    "timeout",
-                    "max_batch_bytes",
-                    "max_batch_instances",
-                    "workers",
-                    "retry",
-                    "auth",
-                    "verify",
-                },
-            )
-            url = _text(entry, key, "url", None)
-            if not url.startswith(("http://", "https://")):
-                raise ConfigError(
-                    f"{key}.url is {url!r}; give the DICOMweb base URL, "
-                    "e.g. https://archive.example/dicomweb"
-                )
-            auth = entry.get("auth")
-            if auth is not None:
-                auth = parse_outbound_auth(_mapping(auth, f"{key}.auth"), f"{key}.auth", base_dir)
-            verify = entry.get("verify", True)
-            if not isinstance(verify, bool | str):
-                raise ConfigError(f"{key}.verify must be true, false or a CA bundle path")
-            result[name] = DicomwebDestination(
-                name=name,
-                url=url.rstrip("/"),
-                retry=retry,
-                workers=workers,
-                auth=auth,
-                verify=verify,
-                timeout=_number(entry, key, "timeout", 60.0, minimum=1),
-                max_batch_bytes=int(
-                    _number(entry, key, "max_batch_bytes", 64 * 2**20, minimum=1024)
-                ),
-                max_batch_instances=int(_number(entry, key, "max_batch_instances", 100, minimum=1)),
-            )
-        elif kind == "dimse":
-            _no_unknown(
-                entry,
-                key,
-                {
-                    "type",
-                    "ae_title",
-                    "host",
-                    "port",
-                    "calling_ae_title",
-                    "max_batch_instances",
-                    "max_batch_bytes",
-                    "workers",
-                    "acse_timeout",
-                    "dimse_timeout",
-                    "network_timeout",
-                    "retry",
-                    "tls",
-                },
-            )
-            result[name] = DimseDestination(
-                name=name,
-                retry=retry,
-                workers=workers,
-                ae_title=_ae_title(entry.get("ae_title"), f"{key}.ae_title"),
-                host=_text(entry, key, "host", None),
-                port=int(_number(entry, key, "port", None, minimum=1, maximum=65535)),
-                calling_ae_title=_ae_title(
-                    entry.get("calling_ae_title", node_ae), f"{key}.calling_ae_title"
-                ),
-                max_batch_instances=int(_number(entry, key, "max_batch_instances", 200, minimum=1)),
-                max_batch_bytes=int(
-                    _number(entry, key, "max_batch_bytes", 512 * 2**20, minimum=1024)
-                ),
-                acse_timeout=_number(entry, key, "acse_timeout", 30.0, minimum=1),
-                dimse_timeout=_number(entry, key, "dimse_timeout", 120.0, minimum=1),
-                network_timeout=_number(entry, key, "network_timeout", 60.0, minimum=1),
-                tls=_tls(entry.get("tls"), f"{key}.tls", base_dir),
-            )
-        else:
-            raise ConfigError(f"{key}.type is {kind!r}; use dicomweb (STOW-RS) or dimse (C-STORE)")
-    return result
-
-
-def _retry(raw: object, key: str) -> RetryPolicy:
-    entry = _mapping(raw, key)
-    _no_unknown(entry, key, {"max_attempts", "max_age_hours", "initial_backoff", "max_backoff"})
-    return RetryPolicy(
-        max_attempts=int(_number(entry, key, "max_attempts", 20, minimum=1)),
-        max_age_hours=_number(entry, key, "max_age_hours", 72.0, minimum=0.001),
-        initial_backoff=_number(entry, key, "initial_backoff", 5.0, minimum=0.01),
-        max_backoff=_number(entry, key, "max_backoff", 900.0, minimum=0.01),
-    )
-
-
-def _tls(raw: object, key: str, base_dir: Path) -> TlsSettings | None:
-    if raw is None:
-        return None
-    entry = _mapping(raw, key)
-    _no_unknown(entry, key, {"cert", "key", "ca", "require_client_cert"})
-    ca = entry.get("ca")
-    require = entry.get("require_client_cert", False)
-    if not isinstance(require, bool):
-        raise ConfigError(f"{key}.require_client_cert must be true or false")
-    return TlsSettings(
-        cert=_resolve(_text(entry, key, "cert", None), base_dir),
-        key=_resolve(_text(entry, key, "key", None), base_dir),
-        ca=None if ca is None else _resolve(str(ca), base_dir),
-        require_client_cert=require,
-    )
-
-
 def _endpoint(raw: object, key: str, *, default_port: int) -> Endpoint:
     entry = _mapping(raw, key)
     _no_unknown(entry, key, {"host", "port"})
@@ -531,63 +382,3 @@ def _expand_env(value: object, key: str) -> object:
     if isinstance(value, list):
         return [_expand_env(v, f"{key}[{i}]") for i, v in enumerate(value)]
     return value
-
-
-def _resolve(path: str, base_dir: Path) -> Path:
-    candidate = Path(path).expanduser()
-    return candidate if candidate.is_absolute() else (base_dir / candidate).resolve()
-
-
-def _mapping(value: object, key: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{key} must be a mapping (key: value lines), not {type(value).__name__}")
-    return value
-
-
-def _no_unknown(entry: Mapping[str, Any], key: str, allowed: set[str]) -> None:
-    unknown = sorted(str(k) for k in entry if k not in allowed)
-    if unknown:
-        raise ConfigError(
-            f"{key}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
-        )
-
-
-def _text(entry: Mapping[str, Any], key: str, name: str, default: str | None) -> str:
-    value = entry.get(name, default)
-    if value is None:
-        raise ConfigError(f"{key}.{name} is required")
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{key}.{name} must be a non-empty text value")
-    return value
-
-
-def _number(
-    entry: Mapping[str, Any],
-    key: str,
-    name: str,
-    default: float | None,
-    *,
-    minimum: float | None = None,
-    maximum: float | None = None,
-) -> float:
-    value = entry.get(name, default)
-    if value is None:
-        raise ConfigError(f"{key}.{name} is required")
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{key}.{name} must be a number, not {value!r}")
-    if minimum is not None and value < minimum:
-        raise ConfigError(f"{key}.{name} is {value}; it must be at least {minimum}")
-    if maximum is not None and value > maximum:
-        raise ConfigError(f"{key}.{name} is {value}; it must be at most {maximum}")
-    return float(value)
-
-
-def _ae_title(value: object, key: str) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(f"{key} is required: an AE title of 1-16 characters")
-    try:
-        return validate_ae_title(value)
-    except InvalidInputError as exc:
-        raise ConfigError(f"{key}: {exc}") from exc

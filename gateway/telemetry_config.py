@@ -8,10 +8,12 @@ configured like every other OpenTelemetry service.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
+from gateway.config_values import flag as _flag
+from gateway.config_values import mapping as _mapping
+from gateway.config_values import no_unknown as _no_unknown
 from gateway.exceptions import ConfigError
 
 LogFormat = Literal["text", "json"]
@@ -45,26 +47,3 @@ def parse_telemetry(raw: object) -> TelemetrySettings:
     entry = _mapping(raw, "telemetry")
     _no_unknown(entry, "telemetry", {"metrics_public"})
     return TelemetrySettings(metrics_public=_flag(entry, "telemetry", "metrics_public"))
-
-
-def _mapping(value: object, key: str) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{key} must be a mapping (key: value lines), not {type(value).__name__}")
-    return value
-
-
-def _no_unknown(entry: Mapping[str, Any], key: str, allowed: set[str]) -> None:
-    unknown = sorted(str(k) for k in entry if k not in allowed)
-    if unknown:
-        raise ConfigError(
-            f"{key}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
-        )
-
-
-def _flag(entry: Mapping[str, Any], key: str, name: str) -> bool:
-    value = entry.get(name, False)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key}.{name} must be true or false, not {value!r}")
-    return value

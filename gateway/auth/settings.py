@@ -17,6 +17,11 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from gateway.auth.jwt import ASYMMETRIC_ALGORITHMS
+from gateway.config_values import no_unknown as _no_unknown
+from gateway.config_values import number as _number
+from gateway.config_values import optional_text as _optional_text
+from gateway.config_values import resolve_path as _resolve
+from gateway.config_values import text as _text
 from gateway.exceptions import ConfigError
 
 DEFAULT_KEY_FILE = "data/auth/signing-key.jwk.json"
@@ -245,40 +250,3 @@ def _verify(raw: Mapping[str, Any], key: str, default: bool | None) -> Any:
     if value is not None and not isinstance(value, bool | str):
         raise ConfigError(f"{key}.verify must be true, false or a CA bundle path")
     return value
-
-
-def _no_unknown(entry: Mapping[str, Any], key: str, allowed: set[str]) -> None:
-    unknown = sorted(str(k) for k in entry if k not in allowed)
-    if unknown:
-        raise ConfigError(
-            f"{key}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
-        )
-
-
-def _text(entry: Mapping[str, Any], key: str, name: str) -> str:
-    value = entry.get(name)
-    if value is None:
-        raise ConfigError(f"{key}.{name} is required")
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{key}.{name} must be a non-empty text value")
-    return value
-
-
-def _optional_text(entry: Mapping[str, Any], key: str, name: str) -> str | None:
-    return None if entry.get(name) is None else _text(entry, key, name)
-
-
-def _number(
-    entry: Mapping[str, Any], key: str, name: str, default: float, *, minimum: float
-) -> float:
-    value = entry.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{key}.{name} must be a number of seconds, not {value!r}")
-    if value < minimum:
-        raise ConfigError(f"{key}.{name} is {value}; it must be at least {minimum}")
-    return float(value)
-
-
-def _resolve(path: str, base_dir: Path) -> Path:
-    candidate = Path(path).expanduser()
-    return candidate if candidate.is_absolute() else (base_dir / candidate).resolve()

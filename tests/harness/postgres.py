@@ -74,7 +74,9 @@ class PostgresServer:
         )
 
     def start(self) -> Self:
-        self.root = Path(tempfile.mkdtemp(prefix="gw-postgres-"))
+        # Always under /tmp, never under tempfile's current folder: an in-process gateway
+        # points that at its spool, which the postgres user cannot read.
+        self.root = Path(tempfile.mkdtemp(prefix="gw-postgres-", dir="/tmp"))
         if self._as_postgres:
             shutil.chown(self.root, user=SUPERUSER, group=SUPERUSER)
         pwfile = self.root / "pwfile"

@@ -83,3 +83,27 @@ def test_every_scenario_runs_on_tiny_data_and_reports(tmp_path: Path) -> None:
     for name in expected:
         assert f"### {name}:" in page
     assert "## Targets (issue 7)" in page and "analysis goes here" in page
+
+
+def test_profile_groups_sampled_stacks_by_cost() -> None:
+    """bench.profile's reading of py-spy's raw format, without py-spy or a gateway."""
+    from bench.profile import classify, parse_raw, summarise_samples, thread_role
+
+    raw = (
+        "thread (11): AcceptorThread@1;Thread.run (threading.py:982);"
+        "Association._run_reactor (pynetdicom/association.py:714);"
+        "DimseHandlers.on_store (gateway/dimse/handlers.py:10);"
+        "check_structure (gateway/dicom/structure.py:5) 7\n"
+        "thread (12): Thread-8 (run_reactor);DULServiceProvider.run_reactor "
+        "(pynetdicom/dul.py:400) 3\n"
+        "not a sample line\n"
+    )
+    samples = parse_raw(raw)
+    assert [(count, len(frames)) for _, frames, count in samples] == [(7, 4), (3, 1)]
+    (thread, frames, _), (dul_thread, dul_frames, _) = samples
+    assert classify(frames) == ("gateway handler", "structure walk (completeness check)")
+    assert thread_role(thread, frames) == "association"
+    assert thread_role(dul_thread, dul_frames) == "dul"
+    tally = summarise_samples(samples, view="association")
+    assert tally.total == 7
+    assert tally.share(("gateway handler", "structure walk (completeness check)")) == 1.0
