@@ -25,7 +25,7 @@ from gateway.exceptions import GatewayError
 from gateway.forward.factory import make_sender
 from gateway.forward.traced import TracedSender
 from gateway.forward.worker import DeliveryWorker
-from gateway.ingest import Ingestor
+from gateway.ingest import Ingestor, IngestResult
 from gateway.retention import purge_expired
 from gateway.spool import Spool, open_spool
 from gateway.telemetry import Telemetry
@@ -46,8 +46,11 @@ class Gateway:
             service_version=__version__, instance_id=f"{socket.gethostname()}-{os.getpid()}"
         )
         self.telemetry.metrics.observe(self.db, self.spool, settings.destinations)
-        self.ingestor = Ingestor(settings, self.spool, self.db, telemetry=self.telemetry)
         self._stop = threading.Event()
+        self._wake = {name: threading.Event() for name in settings.destinations}
+        self.ingestor = Ingestor(
+            settings, self.spool, self.db, telemetry=self.telemetry, on_stored=self._new_work
+        )
         self._workers: list[DeliveryWorker] = []
         self._server: Any = None
         self._housekeeper: threading.Thread | None = None
@@ -83,6 +86,7 @@ class Gateway:
                     delivery=self.settings.delivery,
                     owner=f"{self.instance_name}/{destination.name}/{index}",
                     stop=self._stop,
+                    wake=self._wake[destination.name],
                     on_settled=partial(self.telemetry.metrics.settled, destination.name),
                 )
                 worker.start()
@@ -143,6 +147,8 @@ class Gateway:
     def stop(self) -> None:
         """Stop accepting, let workers finish their current batch, close everything."""
         self._stop.set()
+        for wake in self._wake.values():
+            wake.set()
         if self._http is not None:
             self._http.should_exit = True
             if self._http_thread is not None:
@@ -157,6 +163,13 @@ class Gateway:
         self._workers.clear()
         self.telemetry.shutdown()
         self.db.close()
+
+    def _new_work(self, result: IngestResult) -> None:
+        """Wake the idle workers of every destination the new instance was routed to."""
+        for target in result.decision.targets:
+            wake = self._wake.get(target.destination)
+            if wake is not None:
+                wake.set()
 
     def _audit(self, kind: str, **fields: Any) -> None:
         audit(self.db, kind, **fields)

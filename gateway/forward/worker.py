@@ -36,6 +36,7 @@ class DeliveryWorker:
         delivery: DeliverySettings,
         owner: str,
         stop: threading.Event,
+        wake: threading.Event | None = None,
         on_settled: Callable[[Sequence[Settlement]], None] | None = None,
     ) -> None:
         self._destination = destination
@@ -45,6 +46,10 @@ class DeliveryWorker:
         self._delivery = delivery
         self.owner = owner
         self._stop = stop
+        # Set when new work for this destination was committed (or at shutdown), so an idle
+        # worker starts at once instead of at its next poll; polling still covers work
+        # committed by other replicas and retries coming due.
+        self._wake = wake if wake is not None else stop
         self._on_settled = on_settled
         self._thread = threading.Thread(target=self._run, name=owner, daemon=True)
 
@@ -67,7 +72,9 @@ class DeliveryWorker:
                 log.exception("worker %s: unexpected error", self.owner)
                 worked = False
             if not worked:
-                self._stop.wait(idle)
+                self._wake.wait(idle)
+                if self._wake is not self._stop:
+                    self._wake.clear()
         self._sender.close()
         log.info("worker %s stopped", self.owner)
 

@@ -12,8 +12,10 @@ import errno
 import hashlib
 import io
 import os
+import re
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -21,6 +23,8 @@ from gateway.exceptions import SpoolError
 from gateway.spool.base import StoredObject
 
 _CHUNK = 1024 * 1024
+_HASH_IN_PARALLEL = 4 * 1024 * 1024  # below this a helper thread costs more than it saves
+_KEY = re.compile(r"[A-Za-z0-9._/-]{1,512}")
 
 
 class FilesystemSpool:
@@ -29,6 +33,7 @@ class FilesystemSpool:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).resolve()
         self._staging = self.root / ".incoming"
+        self._hasher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="spool-hash")
         try:
             self._staging.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -39,20 +44,27 @@ class FilesystemSpool:
         return self._staging
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if self.root not in path.parents:
+        # A string check, not Path.resolve(): keys are built from grammar-checked UIDs, and
+        # resolving (a syscall per path component) cost ~5 % of the C-STORE path.
+        parts = key.split("/")
+        if not _KEY.fullmatch(key) or any(part in ("", ".", "..") for part in parts):
             raise SpoolError(f"spool key {key!r} escapes the spool folder")
-        return path
+        return self.root.joinpath(*parts)
 
     def put(self, source: Path, key: str) -> StoredObject:
         target = self._path(key)
         try:
-            digest = hashlib.sha256()
             with source.open("rb") as reader:
-                while chunk := reader.read(_CHUNK):
-                    digest.update(chunk)
-                os.fsync(reader.fileno())
-                size = reader.tell()
+                size = os.fstat(reader.fileno()).st_size
+                if size < _HASH_IN_PARALLEL:
+                    sha256 = _sha256(source)
+                    os.fsync(reader.fileno())
+                else:
+                    # hashlib and fsync both release the GIL: hash on another core while the
+                    # disk flushes (the hash re-read was ~40 % of a 210 MB object's ingest).
+                    hashing = self._hasher.submit(_sha256, source)
+                    os.fsync(reader.fileno())
+                    sha256 = hashing.result()
             created = _make_parents(target.parent, self.root)
             try:
                 os.replace(source, target)
@@ -67,7 +79,7 @@ class FilesystemSpool:
             with contextlib.suppress(OSError):
                 source.unlink()
             raise SpoolError(f"cannot write {key} to the spool: {exc.strerror or exc}") from exc
-        return StoredObject(key=key, size=size, sha256=digest.hexdigest())
+        return StoredObject(key=key, size=size, sha256=sha256)
 
     def open(self, key: str) -> BinaryIO:
         try:
@@ -145,6 +157,14 @@ class _Window(io.RawIOBase):
     def close(self) -> None:
         self._handle.close()
         super().close()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as reader:
+        while chunk := reader.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _make_parents(folder: Path, root: Path) -> list[Path]:
