@@ -88,6 +88,7 @@ resource "aws_ecs_task_definition" "gateway" {
         { name = "GATEWAY_SPOOL", value = "s3://${aws_s3_bucket.spool.bucket}/spool" },
         { name = "GATEWAY_DB_HOST", value = aws_db_instance.state.address },
         { name = "GATEWAY_AUTH_ISSUER", value = local.issuer },
+        { name = "GATEWAY_AUTH_AUDIENCE", value = aws_cognito_user_pool_client.uploader.id },
         { name = "AWS_REGION", value = var.region },
         { name = "OTEL_SERVICE_NAME", value = var.name },
         { name = "OTEL_EXPORTER_OTLP_ENDPOINT", value = "http://127.0.0.1:4318" },

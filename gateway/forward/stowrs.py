@@ -68,73 +68,29 @@ backoff, is the worker's job.
 
 from __future__ import annotations
 
-import json
 import os
 import ssl
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from dataclasses import dataclass
 
 import httpx
 
 from gateway.exceptions import ConfigError, GatewayError
 from gateway.forward.base import Outcome, OutgoingInstance, SendResult
 from gateway.forward.multipart import DicomMultipartBody, PartSourceError, part_overhead
+from gateway.forward.stow_response import (
+    failure_outcome,
+    parse_store_response,
+    reason_text,
+)
 
 __all__ = ["DEFAULT_MAX_BATCH_BYTES", "StowRsSender", "failure_outcome"]
 
-_T = TypeVar("_T")
 
 DEFAULT_MAX_BATCH_BYTES = 64 << 20
 _MAX_RESPONSE_BYTES = 16 << 20  # a response for thousands of instances is well below this
 _EXCERPT_CHARS = 300
 _PART_OVERHEAD = part_overhead("0" * 32)  # DicomMultipartBody boundaries are 32 characters
-
-_REFERENCED_SOP_SEQUENCE = "00081199"
-_FAILED_SOP_SEQUENCE = "00081198"
-_REFERENCED_SOP_INSTANCE_UID = "00081155"
-_WARNING_REASON = "00081196"
-_FAILURE_REASON = "00081197"
-
-_REASON_TEXT = {
-    0x0110: "processing failure",
-    0x0111: "duplicate SOP instance",
-    0x0122: "SOP class not supported",
-    0x0124: "not authorized",
-    0xB000: "coercion of data elements",
-    0xB006: "elements discarded",
-    0xB007: "data set does not match SOP class",
-    0xC122: "transfer syntax not supported",
-}
-
-
-def _reason_text(code: int) -> str:
-    if code in _REASON_TEXT:
-        return _REASON_TEXT[code]
-    if 0xA700 <= code <= 0xA7FF:
-        return "out of resources"
-    if 0xA900 <= code <= 0xA9FF:
-        return "data set does not match SOP class"
-    if 0xC000 <= code <= 0xCFFF:
-        return "cannot understand"
-    return "unknown reason"
-
-
-def failure_outcome(reason: int | None) -> Outcome:
-    """Map a STOW-RS FailureReason to an outcome (table in the module docstring)."""
-    if reason is None:
-        return Outcome.TRANSIENT
-    if reason == 0x0111:
-        return Outcome.DELIVERED
-    if 0xA700 <= reason <= 0xA7FF or reason == 0x0110:
-        return Outcome.TRANSIENT
-    if reason in (0x0122, 0x0124, 0xC122) or 0xA900 <= reason <= 0xA9FF:
-        return Outcome.PERMANENT
-    if 0xC000 <= reason <= 0xCFFF:
-        return Outcome.TRANSIENT
-    if 0x0100 <= reason <= 0x02FF:
-        return Outcome.PERMANENT
-    return Outcome.TRANSIENT
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,14 +109,6 @@ class _NoReply:
     detail: str
     retry_at_once: bool = False
     part_error: PartSourceError | None = None
-
-
-@dataclass(slots=True)
-class _StoreAnswer:
-    """The per-instance content of a Store Instances Response, keyed by SOP Instance UID."""
-
-    referenced: dict[str, int | None] = field(default_factory=dict)  # uid -> WarningReason
-    failed: dict[str, int | None] = field(default_factory=dict)  # uid -> FailureReason
 
 
 class StowRsSender:
@@ -346,7 +294,7 @@ class StowRsSender:
     ) -> list[SendResult]:
         code = reply.status_code
         http = f"HTTP {code}"
-        answer = _parse_store_response(reply.body)
+        answer = parse_store_response(reply.body)
         success = 200 <= code < 300
         if success and answer is None:
             if code == 202:
@@ -374,7 +322,7 @@ class StowRsSender:
                             inst.delivery_id,
                             Outcome.DELIVERED,
                             f"{http} 0x{warning:04X}",
-                            f"stored with warning 0x{warning:04X} ({_reason_text(warning)})",
+                            f"stored with warning 0x{warning:04X} ({reason_text(warning)})",
                             warning=True,
                         )
                     )
@@ -410,61 +358,8 @@ def _failed_result(inst: OutgoingInstance, http: str, reason: int | None) -> Sen
     if outcome is Outcome.DELIVERED:
         detail = f"destination already holds this instance (0x{reason:04X})"
         return SendResult(inst.delivery_id, outcome, status, detail, warning=True)
-    detail = f"failed with 0x{reason:04X} ({_reason_text(reason)})"
+    detail = f"failed with 0x{reason:04X} ({reason_text(reason)})"
     return SendResult(inst.delivery_id, outcome, status, detail)
-
-
-# -- response parsing (untrusted input: never raises) ------------------------------------------
-
-
-def _parse_store_response(body: bytes) -> _StoreAnswer | None:
-    """Read a DICOM JSON Store Instances Response; None if the body is not one.
-
-    Only four attributes matter, so they are picked out of the JSON model directly with type
-    checks at every step rather than building a pydicom Dataset from untrusted input.
-    """
-    text = body.lstrip()
-    if not text.startswith((b"{", b"[")):
-        return None
-    try:
-        doc: Any = json.loads(body)
-    except ValueError:
-        return None
-    if isinstance(doc, list):
-        doc = doc[0] if len(doc) == 1 else None
-    if not isinstance(doc, dict):
-        return None
-    if _REFERENCED_SOP_SEQUENCE not in doc and _FAILED_SOP_SEQUENCE not in doc:
-        return None
-    answer = _StoreAnswer()
-    for item in _items(doc, _REFERENCED_SOP_SEQUENCE):
-        uid = _first_value(item, _REFERENCED_SOP_INSTANCE_UID, str)
-        if uid is not None:
-            answer.referenced[uid] = _first_value(item, _WARNING_REASON, int)
-    for item in _items(doc, _FAILED_SOP_SEQUENCE):
-        uid = _first_value(item, _REFERENCED_SOP_INSTANCE_UID, str)
-        if uid is not None:
-            answer.failed[uid] = _first_value(item, _FAILURE_REASON, int)
-    return answer
-
-
-def _items(doc: dict[str, Any], tag: str) -> list[dict[str, Any]]:
-    element = doc.get(tag)
-    values = element.get("Value") if isinstance(element, dict) else None
-    if not isinstance(values, list):
-        return []
-    return [item for item in values if isinstance(item, dict)]
-
-
-def _first_value(item: dict[str, Any], tag: str, kind: type[_T]) -> _T | None:
-    element = item.get(tag)
-    values = element.get("Value") if isinstance(element, dict) else None
-    if not isinstance(values, list) or not values:
-        return None
-    value = values[0]
-    if kind is int and isinstance(value, bool):
-        return None
-    return value if isinstance(value, kind) else None
 
 
 def _excerpt(body: bytes) -> str:

@@ -22,9 +22,9 @@ from gateway.forward.cstore import (
     CStoreSender,
     _association_groups,
     _AssociationLost,
-    _Response,
     status_outcome,
 )
+from gateway.forward.dimse_link import Response
 from tests.harness.data import (
     dataset_bytes,
     make_ct_series,
@@ -235,7 +235,7 @@ def test_large_instance_is_streamed(tmp_path: Path) -> None:
 # -- response verification (the defence against pynetdicom's response mix-up) ----------------
 
 
-def _response(**changes: Any) -> _Response:
+def _response(**changes: Any) -> Response:
     fields: dict[str, Any] = {
         "command_field": 0x8001,
         "message_id_responded_to": 7,
@@ -244,7 +244,7 @@ def _response(**changes: Any) -> _Response:
         "error_comment": None,
     }
     fields.update(changes)
-    return _Response(**fields)
+    return Response(**fields)
 
 
 def _inst() -> OutgoingInstance:

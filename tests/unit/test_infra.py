@@ -72,6 +72,7 @@ def test_load_balancers_match_the_container_config(monkeypatch: pytest.MonkeyPat
         "GATEWAY_DB_PASSWORD": "secret",
         "GATEWAY_DB_HOST": "db.internal",
         "GATEWAY_AUTH_ISSUER": "https://issuer.example",
+        "GATEWAY_AUTH_AUDIENCE": "client-id",
     }.items():
         monkeypatch.setenv(name, value)
     settings = load_settings(ROOT / "infra" / "gateway.aws.yaml")
