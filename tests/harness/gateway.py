@@ -16,13 +16,12 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import httpx
 import yaml
 
-from .process import LOOPBACK, ManagedProcess, ProcessDiedError
+from .process import LOOPBACK, ManagedProcess, PeerProcess, ProcessDiedError
 
 __all__ = ["REPO_ROOT", "GatewayProcess", "write_config"]
 
@@ -92,7 +91,7 @@ def _url(value: Path | str, scheme: str) -> str:
     return scheme + str(Path(text).resolve())
 
 
-class GatewayProcess:
+class GatewayProcess(PeerProcess):
     """``python -m gateway serve --config CONFIG`` started in ``workdir``.
 
     The DIMSE port, AE title and HTTP port are read from the config (``node.*``) when the object
@@ -102,6 +101,8 @@ class GatewayProcess:
     as "up", since only a live DICOM server can reject. That probe is one extra association
     (and maybe an audit event) per start.
     """
+
+    _label = "gateway"
 
     def __init__(
         self,
@@ -163,40 +164,6 @@ class GatewayProcess:
             raise
         return self
 
-    def stop(self, timeout: float = 15.0) -> int | None:
-        """Graceful shutdown (SIGTERM), SIGKILL after ``timeout``; returns the exit code."""
-        return self._process.stop(timeout) if self._process is not None else None
-
-    def kill(self) -> int | None:
-        """SIGKILL at once, as a crash or OOM kill would; returns the exit code."""
-        return self._process.kill() if self._process is not None else None
-
-    def restart(self, timeout: float = 30.0) -> Self:
-        """Graceful stop, then start on the same config (and so the same spool and db)."""
-        self.stop()
-        return self.start(timeout)
-
-    @property
-    def alive(self) -> bool:
-        """True while the gateway process runs."""
-        return self._process is not None and self._process.alive
-
-    @property
-    def pid(self) -> int:
-        """Pid of the running gateway process."""
-        if self._process is None:
-            raise RuntimeError("gateway has not been started")
-        return self._process.pid
-
-    @property
-    def returncode(self) -> int | None:
-        """Exit code once the process has exited, else ``None``."""
-        return self._process.returncode if self._process is not None else None
-
-    def log_text(self) -> str:
-        """The gateway's combined stdout/stderr across all starts."""
-        return self._process.log_text() if self._process is not None else ""
-
     def run_cli(
         self, *args: str, timeout: float = 60.0, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
@@ -216,19 +183,6 @@ class GatewayProcess:
             timeout=timeout,
             check=False,
         )
-
-    def __enter__(self) -> Self:
-        if not self.alive:
-            self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- readiness ---------------------------------------------------------------------------
 

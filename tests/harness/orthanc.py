@@ -26,12 +26,18 @@ import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import httpx
 
-from .process import LOOPBACK, ManagedProcess, ProcessDiedError, free_port, wait_for_port
+from .process import (
+    LOOPBACK,
+    ManagedProcess,
+    PeerProcess,
+    ProcessDiedError,
+    free_port,
+    wait_for_port,
+)
 
 __all__ = ["ORTHANC_BINARY", "ORTHANC_DICOMWEB_PLUGIN", "OrthancServer"]
 
@@ -39,7 +45,7 @@ ORTHANC_BINARY = Path("/usr/sbin/Orthanc")
 ORTHANC_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
-class OrthancServer:
+class OrthancServer(PeerProcess):
     """One Orthanc process with its own config, storage and free ports under ``workdir``.
 
     ``modalities`` maps a symbolic name to ``(ae_title, host, port)`` and becomes Orthanc's
@@ -50,6 +56,8 @@ class OrthancServer:
     Ports are picked on the first :meth:`start` and kept for the life of the object, so
     :meth:`restart` comes back on the same ports with the same storage.
     """
+
+    _label = "OrthancServer"
 
     def __init__(
         self,
@@ -132,51 +140,15 @@ class OrthancServer:
         self._client = httpx.Client(base_url=self.http_url, timeout=60.0)
         return self
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def stop(self, timeout: float | None = None) -> int | None:
         """Stop Orthanc gracefully (SIGTERM, 3-5 s), SIGKILL after ``timeout``."""
         self._close_client()
-        if self._process is not None:
-            self._process.stop(timeout)
+        return super().stop(timeout)
 
-    def kill(self) -> None:
+    def kill(self) -> int | None:
         """SIGKILL Orthanc: instant; storage and index survive for a later :meth:`start`."""
         self._close_client()
-        if self._process is not None:
-            self._process.kill()
-
-    def restart(self, timeout: float = 30.0) -> Self:
-        """Graceful stop, then start again on the same ports with the same storage."""
-        self.stop()
-        return self.start(timeout)
-
-    @property
-    def alive(self) -> bool:
-        """True while the Orthanc process runs."""
-        return self._process is not None and self._process.alive
-
-    @property
-    def pid(self) -> int:
-        """Pid of the running Orthanc process."""
-        if self._process is None:
-            raise RuntimeError("OrthancServer has not been started")
-        return self._process.pid
-
-    def log_text(self) -> str:
-        """Orthanc's combined stdout/stderr log (all starts)."""
-        return self._process.log_text() if self._process is not None else ""
-
-    def __enter__(self) -> Self:
-        if not self.alive:
-            self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return super().kill()
 
     # -- content -----------------------------------------------------------------------------
 

@@ -325,3 +325,68 @@ def _stop_all_at_exit() -> None:
     for proc in procs:
         with contextlib.suppress(Exception):
             proc.stop(timeout=3.0)
+
+
+class PeerProcess:
+    """The lifecycle every server the tests run shares (Orthanc, storescp, SeaweedFS, gateway).
+
+    A subclass writes its config, starts its ManagedProcess in `start()` and stores it in
+    `_process`; stop, kill, restart, pid, liveness, log and the context-manager protocol are
+    the same for all of them and live here.
+    """
+
+    _process: ManagedProcess | None = None
+    _label = "process"
+    stop_timeout = 15.0
+
+    def start(self, timeout: float = 30.0) -> Self:
+        raise NotImplementedError  # each peer knows how to start and when it is ready
+
+    def stop(self, timeout: float | None = None) -> int | None:
+        """Graceful stop (SIGTERM), SIGKILL after `timeout`; returns the exit code."""
+        if self._process is None:
+            return None
+        return self._process.stop(self.stop_timeout if timeout is None else timeout)
+
+    def kill(self) -> int | None:
+        """SIGKILL at once, as a crash would; returns the exit code."""
+        return self._process.kill() if self._process is not None else None
+
+    def restart(self, timeout: float | None = None) -> Self:
+        """Stop, then start again on the same ports and storage."""
+        self.stop()
+        return self.start() if timeout is None else self.start(timeout)
+
+    @property
+    def alive(self) -> bool:
+        """True while the process runs."""
+        return self._process is not None and self._process.alive
+
+    @property
+    def pid(self) -> int:
+        """Pid of the running process."""
+        if self._process is None:
+            raise RuntimeError(f"{self._label} has not been started")
+        return self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """Exit code once the process has exited, else None."""
+        return self._process.returncode if self._process is not None else None
+
+    def log_text(self) -> str:
+        """The process's combined stdout/stderr across all starts."""
+        return self._process.log_text() if self._process is not None else ""
+
+    def __enter__(self) -> Self:
+        if not self.alive:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

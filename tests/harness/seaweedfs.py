@@ -16,10 +16,9 @@ import socket
 import sys
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
-from .process import LOOPBACK, ManagedProcess, free_port, wait_for_port
+from .process import LOOPBACK, ManagedProcess, PeerProcess, free_port, wait_for_port
 
 __all__ = ["SeaweedFS", "weed_binary"]
 
@@ -51,8 +50,10 @@ def _port_pair() -> tuple[int, int]:
     raise RuntimeError("no free port pair for SeaweedFS")
 
 
-class SeaweedFS:
+class SeaweedFS(PeerProcess):
     """A running ``weed mini`` with its S3 endpoint on 127.0.0.1; ports kept across restarts."""
+
+    _label = "SeaweedFS"
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = Path(workdir)
@@ -171,35 +172,3 @@ class SeaweedFS:
                         f"SeaweedFS S3 not ready: {exc}; log tail:\n{self._process.log_tail()}"
                     ) from exc
                 time.sleep(0.2)
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self._process is not None:
-            self._process.stop(timeout)
-
-    def kill(self) -> None:
-        if self._process is not None:
-            self._process.kill()
-
-    def restart(self, timeout: float = 60.0) -> Self:
-        self.stop()
-        return self.start(timeout)
-
-    @property
-    def alive(self) -> bool:
-        return self._process is not None and self._process.alive
-
-    def log_text(self) -> str:
-        return self._process.log_text() if self._process is not None else ""
-
-    def __enter__(self) -> Self:
-        if not self.alive:
-            self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

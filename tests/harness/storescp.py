@@ -32,21 +32,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
-from .process import ManagedProcess, free_port, wait_for_port
+from .process import ManagedProcess, PeerProcess, free_port, wait_for_port
 
 __all__ = ["STORESCP_SUFFIX", "StoreSCP"]
 
 STORESCP_SUFFIX = ".dcm"
 
 
-class StoreSCP:
+class StoreSCP(PeerProcess):
     """A running ``storescp`` writing into ``outdir``; logs go next to it in ``outdir.parent``.
 
     The port is picked on the first :meth:`start` and kept across restarts.
     """
+
+    _label = "storescp"
+    stop_timeout = 5.0
 
     def __init__(
         self,
@@ -99,37 +101,6 @@ class StoreSCP:
             raise
         return self
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop storescp (SIGTERM, then SIGKILL); received files stay in ``outdir``."""
-        if self._process is not None:
-            self._process.stop(timeout)
-
-    def kill(self) -> None:
-        """SIGKILL storescp, as a crashing PACS would die."""
-        if self._process is not None:
-            self._process.kill()
-
-    def restart(self, timeout: float = 10.0) -> Self:
-        """Stop and start again on the same port and directory."""
-        self.stop()
-        return self.start(timeout)
-
-    @property
-    def alive(self) -> bool:
-        """True while storescp runs."""
-        return self._process is not None and self._process.alive
-
-    @property
-    def pid(self) -> int:
-        """Pid of the running storescp."""
-        if self._process is None:
-            raise RuntimeError("StoreSCP has not been started")
-        return self._process.pid
-
-    def log_text(self) -> str:
-        """storescp's verbose log (associations, stores, refusals)."""
-        return self._process.log_text() if self._process is not None else ""
-
     def received_files(self) -> list[Path]:
         """Files written so far, sorted by name."""
         if not self.outdir.is_dir():
@@ -148,19 +119,6 @@ class StoreSCP:
             if _uid_from_name(path.name) == sop_instance_uid:
                 return path
         return None
-
-    def __enter__(self) -> Self:
-        if not self.alive:
-            self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _uid_from_name(name: str) -> str | None:
