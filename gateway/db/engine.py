@@ -21,6 +21,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+import tenacity
+
 from gateway.db.schema import MIGRATIONS
 from gateway.exceptions import ConfigError, StoreError
 
@@ -203,13 +205,7 @@ class SqliteDatabase(Database):
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None:
             try:
-                connection = sqlite3.connect(
-                    self.path, timeout=30.0, isolation_level=None, check_same_thread=False
-                )
-                connection.execute("PRAGMA journal_mode=WAL")
-                connection.execute("PRAGMA synchronous=FULL")
-                connection.execute("PRAGMA foreign_keys=ON")
-                connection.execute("PRAGMA busy_timeout=30000")
+                connection = _connect_sqlite(self.path)
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot open database {self.path}: {exc}") from exc
             self._local.connection = connection
@@ -232,6 +228,31 @@ class SqliteDatabase(Database):
                     connection.close()
             self._all.clear()
         self._local = threading.local()
+
+
+@tenacity.retry(
+    retry=tenacity.retry_if_exception(lambda exc: "locked" in str(exc)),
+    wait=tenacity.wait_random_exponential(multiplier=0.01, max=0.5),
+    stop=tenacity.stop_after_delay(30),
+    reraise=True,
+)
+def _connect_sqlite(path: Path) -> sqlite3.Connection:
+    """Open a connection in WAL mode with full durability.
+
+    Switching a new database to WAL needs a moment of exclusive access and SQLite answers
+    "database is locked" at once, without its busy handler, when several processes or threads
+    open the same fresh file together; retrying briefly is the documented remedy.
+    """
+    connection = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    try:
+        connection.execute("PRAGMA busy_timeout=30000")
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=FULL")
+        connection.execute("PRAGMA foreign_keys=ON")
+    except sqlite3.Error:
+        connection.close()
+        raise
+    return connection
 
 
 def open_database(url: str) -> Database:
