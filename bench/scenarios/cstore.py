@@ -105,18 +105,30 @@ class CStoreIngest(Scenario):
             cpu = cpu_seconds(target.pid) - cpu
             peak = peak_rss_mb(target.pid)
             stored = target.count_instances()
-        if stored != data.count:
-            raise BenchError(
-                f"{system} holds {stored} instances after C-STORE, expected {data.count}"
-            )
-        return {
-            "seconds": seconds,
-            "mb_per_s": data.total_bytes / MB / seconds,
-            "instances_per_s": data.count / seconds,
-            "cpu_ms_per_instance": cpu * 1000 / data.count,
-            "peak_rss_mb": peak,
-            "idle_rss_mb": idle,
-        }
+        return ingest_figures(data, system, "C-STORE", stored, seconds, cpu, peak, idle)
+
+
+def ingest_figures(
+    data: DataSet,
+    system: str,
+    door: str,
+    stored: int,
+    seconds: float,
+    cpu: float,
+    peak: float,
+    idle: float,
+) -> dict[str, float]:
+    """The ingest metrics of one run, after checking every instance was stored."""
+    if stored != data.count:
+        raise BenchError(f"{system} holds {stored} instances after {door}, expected {data.count}")
+    return {
+        "seconds": seconds,
+        "mb_per_s": data.total_bytes / MB / seconds,
+        "instances_per_s": data.count / seconds,
+        "cpu_ms_per_instance": cpu * 1000 / data.count,
+        "peak_rss_mb": peak,
+        "idle_rss_mb": idle,
+    }
 
 
 def scenarios() -> list[Scenario]:

@@ -20,7 +20,7 @@ import httpx
 from bench.datasets import DataSet
 from bench.measure import MB, cpu_seconds, peak_rss_mb, reset_peak_rss, rss_mb, stopwatch
 from bench.scenarios.base import BenchError, Context, Scenario
-from bench.scenarios.cstore import INGEST_METRICS
+from bench.scenarios.cstore import INGEST_METRICS, ingest_figures
 from bench.systems import (
     EndpointUnavailable,
     Running,
@@ -127,19 +127,8 @@ class StowIngest(Scenario):
             cpu = cpu_seconds(target.pid) - cpu
             peak = peak_rss_mb(target.pid)
             stored = target.count_instances()
-        if stored != data.count:
-            raise BenchError(
-                f"{system} holds {stored} instances after STOW-RS, expected {data.count}"
-            )
-        return {
-            "seconds": seconds,
-            "requests": requests,
-            "mb_per_s": data.total_bytes / MB / seconds,
-            "instances_per_s": data.count / seconds,
-            "cpu_ms_per_instance": cpu * 1000 / data.count,
-            "peak_rss_mb": peak,
-            "idle_rss_mb": idle,
-        }
+        figures = ingest_figures(data, system, "STOW-RS", stored, seconds, cpu, peak, idle)
+        return {**figures, "requests": requests}
 
 
 def scenarios() -> list[Scenario]:
