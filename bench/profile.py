@@ -143,6 +143,16 @@ def _ours_cost(frame: Frame, below: Sequence[Frame]) -> str:
         return "logging (per-instance log line)"
     if any(m.startswith("opentelemetry/") for m in below_modules) or "telemetry" in module:
         return "telemetry (OpenTelemetry spans)"
+    if module == "gateway/dimse/pdu.py":
+        return "receive: socket recv (waiting for the next PDU)"
+    if module in ("gateway/dimse/commands.py", "gateway/dicom/file_meta.py"):
+        return "receive: command set + file meta encode/decode"
+    if module in ("gateway/dimse/association.py", "gateway/dimse/listener.py"):
+        if "sendall" in text:
+            return "receive: sending the response"
+        if "write" in text:
+            return "receive: writing fragments to the staging file"
+        return "receive: association loop"
     if module == "gateway/dicom/header.py":
         if any(m.startswith("pydicom/") for m in below_modules) or "dcmread" in text:
             return "header parse (pydicom dcmread)"
@@ -223,9 +233,9 @@ def _library_cost(frames: Sequence[Frame]) -> tuple[str, str]:
     return "other", "other threads / interpreter"
 
 
-# Our wrappers around pynetdicom's transport (socket timeouts, the PDU length guard): time
-# under them is pynetdicom's socket work, so they do not count as "ours".
-_TRANSPARENT = frozenset({"gateway/dimse/server.py"})
+# Modules whose time is the library's below them, not ours (none since the listener's own
+# association loop replaced pynetdicom's acceptor).
+_TRANSPARENT: frozenset[str] = frozenset()
 
 
 def classify(frames: Sequence[Frame]) -> tuple[str, str]:
@@ -243,8 +253,11 @@ def thread_role(thread: str, frames: Sequence[Frame]) -> str:
         _module(f) == "pynetdicom/dul.py" and f.function.endswith("run_reactor") for f in frames
     ):
         return "dul"
-    if thread.split(":", 1)[-1].strip().startswith("AcceptorThread") or any(
-        _module(f) == "pynetdicom/association.py" for f in frames
+    name = thread.split(":", 1)[-1].strip()
+    if (
+        name.startswith(("AcceptorThread", "dimse-1", "dimse-:"))
+        or any(_module(f) == "pynetdicom/association.py" for f in frames)
+        or any(_module(f) == "gateway/dimse/association.py" for f in frames)
     ):
         return "association"
     return "other"

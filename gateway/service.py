@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import tempfile
 import threading
 import time
 from functools import partial
@@ -55,7 +54,6 @@ class Gateway:
         self._server: Any = None
         self._housekeeper: threading.Thread | None = None
         self._http: Any = None
-        self._previous_tempdir: str | None = None
         self._http_thread: threading.Thread | None = None
         self.instance_name = f"{socket.gethostname()}-{os.getpid()}"
 
@@ -67,9 +65,6 @@ class Gateway:
         from gateway.dimse.ae import start_listener
 
         self.telemetry.start()
-        # start_listener points Python's temporary folder at the spool's staging folder (see
-        # gateway/dimse/ae.py); remember the old one so stop() leaves the process as it was.
-        self._previous_tempdir = tempfile.tempdir
         self._server = start_listener(self.settings, self.ingestor, self._audit, self.telemetry)
         for destination in self.settings.destinations.values():
             for index in range(destination.workers):
@@ -157,7 +152,6 @@ class Gateway:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
-            tempfile.tempdir = self._previous_tempdir
         for worker in self._workers:
             worker.join(timeout=30)
         self._workers.clear()

@@ -1,62 +1,25 @@
-"""Build and start the pynetdicom Application Entity that listens for modalities and PACS.
+"""Start the DIMSE listener with the gateway's policy, and build its TLS contexts.
 
-Policy lives here: which SOP classes and transfer syntaxes we accept (every storage class
-pynetdicom knows, with every transfer syntax pydicom knows, because we store what we receive
-and never transcode on the way in), association limits, timeouts, TLS and TCP_NODELAY.
+Policy lives here and in the modules it wires together: which SOP classes and transfer syntaxes
+we accept (gateway/dimse/negotiation.py: Verification and every storage SOP class, in every
+transfer syntax), who may associate (handlers.py), limits and timeouts (association.py), TLS.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
-import tempfile
 from collections.abc import Callable
 
-from pydicom.uid import AllTransferSyntaxes
-from pynetdicom import AE, _config
-from pynetdicom.sop_class import _STORAGE_CLASSES
-from pynetdicom.transport import ThreadedAssociationServer
-
 from gateway.config import Settings, TlsSettings
+from gateway.dimse.association import Limits
 from gateway.dimse.handlers import DimseHandlers
-from gateway.dimse.server import start_server
+from gateway.dimse.listener import DimseListener
 from gateway.exceptions import ConfigError
 from gateway.ingest import Ingestor
 from gateway.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
-
-VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
-
-
-def configure_pynetdicom(staging_dir: str) -> None:
-    """Process-wide pynetdicom switches the gateway relies on.
-
-    Received data sets stream to a temporary file (never held in memory); pointing Python's
-    temporary folder at the spool's staging folder lets ingest rename that file into the spool
-    instead of copying it. Sent data sets stream from the spool file's own bytes.
-    """
-    _config.STORE_RECV_CHUNKED_DATASET = True
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    _config.LOG_HANDLER_LEVEL = "none"
-    tempfile.tempdir = staging_dir
-
-
-def build_ae(settings: Settings) -> AE:
-    """An AE that accepts Verification and every storage SOP class in every transfer syntax."""
-    dimse = settings.dimse
-    ae = AE(ae_title=settings.node.ae_title)
-    ae.maximum_associations = dimse.max_associations
-    ae.acse_timeout = dimse.acse_timeout
-    ae.dimse_timeout = dimse.dimse_timeout
-    ae.network_timeout = dimse.network_timeout
-    ae.maximum_pdu_size = dimse.max_pdu
-    ae.require_called_aet = dimse.require_called_ae
-    syntaxes = list(AllTransferSyntaxes)
-    ae.add_supported_context(VERIFICATION_SOP_CLASS)
-    for uid in _STORAGE_CLASSES.values():
-        ae.add_supported_context(uid, syntaxes)
-    return ae
 
 
 def server_ssl_context(tls: TlsSettings, key: str = "dimse.tls") -> ssl.SSLContext:
@@ -114,27 +77,32 @@ def start_listener(
     ingestor: Ingestor,
     audit: Callable[..., None],
     telemetry: Telemetry | None = None,
-) -> ThreadedAssociationServer:
-    """Start the DIMSE listener in background threads and return the running server."""
-    configure_pynetdicom(str(ingestor.staging_dir))
-    ae = build_ae(settings)
+) -> DimseListener:
+    """Start the DIMSE listener in background threads and return the running listener."""
+    dimse = settings.dimse
     handlers = DimseHandlers(settings, ingestor, audit, telemetry)
     endpoint = settings.node.dimse
-    tls = settings.dimse.tls
-    server = start_server(  # TLS handshakes off the accept loop, see gateway/dimse/server.py
-        ae,
+    tls = dimse.tls
+    listener = DimseListener(
         (endpoint.host, endpoint.port),
-        evt_handlers=handlers.bindings(),
+        services=handlers,
+        limits=Limits(
+            max_pdu=dimse.max_pdu,
+            acse_timeout=dimse.acse_timeout,
+            network_timeout=dimse.network_timeout,
+        ),
+        staging_dir=ingestor.staging_dir,
+        max_associations=dimse.max_associations,
         ssl_context=server_ssl_context(tls) if tls else None,
-        handshake_timeout=settings.dimse.acse_timeout,
-        stall_timeout=settings.dimse.network_timeout,
-        on_refused=handlers.on_tls_refused,
+        handshake_timeout=dimse.acse_timeout,
+        on_tls_refused=handlers.on_tls_refused,
     )
+    listener.start()
     log.info(
         "DIMSE listener %s on %s:%s%s",
         settings.node.ae_title,
         endpoint.host,
-        server.server_address[1],
+        listener.server_address[1],
         " (TLS)" if tls else "",
     )
-    return server
+    return listener

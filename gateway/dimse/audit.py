@@ -1,10 +1,8 @@
 """Audit events for every DIMSE association: accepted, rejected, released or aborted.
 
 Who is the calling AE title (the `actor`, so `dicom-gateway audit --actor CT1` finds it) and
-the peer's address; with TLS, the subject of the client certificate too. Rejections by our
-own allow-list are recorded where they happen (gateway/dimse/handlers.py); this module records
-the ones pynetdicom makes (wrong called AE title, too many associations). C-STORE outcomes
-are recorded by ingest (`instance.received`, `instance.refused`) and by the store handler
+the peer's address; with TLS, the subject of the client certificate too. C-STORE outcomes are
+recorded by ingest (`instance.received`, `instance.refused`) and by the store handler
 (`instance.failed`).
 """
 
@@ -14,19 +12,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from pynetdicom import evt
-from pynetdicom.events import EventHandlerType
-
-_REJECT_REASONS = {
-    (0x01, 0x01): "no reason given",
-    (0x01, 0x02): "application context name not supported",
-    (0x01, 0x03): "calling AE title not recognised",
-    (0x01, 0x07): "called AE title not recognised",
-    (0x02, 0x01): "no reason given (ACSE)",
-    (0x02, 0x02): "protocol version not supported",
-    (0x03, 0x01): "temporary congestion",
-    (0x03, 0x02): "local limit exceeded (dimse.max_associations)",
-}
+from gateway.dimse.association import Association
 
 _SHORT = {
     "commonName": "CN",
@@ -37,55 +23,44 @@ _SHORT = {
 
 
 class AssociationAudit:
-    """pynetdicom notification handlers that write one audit event per association step."""
+    """Writes one audit event per association step."""
 
     def __init__(self, audit: Callable[..., None]) -> None:
         self._audit = audit  # must not raise (DimseHandlers._safe_audit)
 
-    def bindings(self) -> list[EventHandlerType]:
-        return [
-            (evt.EVT_ACCEPTED, self.on_accepted),
-            (evt.EVT_REJECTED, self.on_rejected),
-            (evt.EVT_RELEASED, self.on_released),
-            (evt.EVT_ABORTED, self.on_aborted),
-        ]
+    def accepted(self, association: Association) -> None:
+        detail = _who(association)
+        detail["contexts"] = len(association.contexts)
+        self._record(association, "association.accepted", "accepted", detail)
 
-    def on_accepted(self, event: Any) -> None:
-        detail = _who(event.assoc)
-        detail["contexts"] = len(event.assoc.accepted_contexts)
-        self._record(event, "association.accepted", "accepted", detail)
+    def rejected(self, calling_ae: str, peer: str, called_ae: str, reason: str) -> None:
+        detail = {"peer": peer, "called_ae": called_ae or None, "reason": reason}
+        self._audit(
+            "association.rejected", outcome="rejected", actor=calling_ae or None, detail=detail
+        )
 
-    def on_rejected(self, event: Any) -> None:
-        detail = _who(event.assoc)
-        primitive = getattr(event.assoc.acceptor, "primitive", None)
-        key = (getattr(primitive, "result_source", None), getattr(primitive, "diagnostic", None))
-        detail["reason"] = _REJECT_REASONS.get(key, f"source/diagnostic {key}")  # type: ignore[arg-type]
-        self._record(event, "association.rejected", "rejected", detail)
+    def ended(self, association: Association, how: str) -> None:
+        """`how`: released, or aborted / closed (the connection ended without a release)."""
+        if how == "released":
+            self._record(association, "association.released", "released", _who(association))
+        else:
+            detail = _who(association)
+            detail["how"] = how
+            self._record(association, "association.aborted", "aborted", detail)
 
-    def on_released(self, event: Any) -> None:
-        self._record(event, "association.released", "released", _who(event.assoc))
-
-    def on_aborted(self, event: Any) -> None:
-        self._record(event, "association.aborted", "aborted", _who(event.assoc))
-
-    def _record(self, event: Any, kind: str, outcome: str, detail: dict[str, Any]) -> None:
-        self._audit(kind, outcome=outcome, actor=_calling_ae(event.assoc), detail=detail)
+    def _record(
+        self, association: Association, kind: str, outcome: str, detail: dict[str, Any]
+    ) -> None:
+        self._audit(kind, outcome=outcome, actor=association.calling_ae or None, detail=detail)
 
 
-def _calling_ae(assoc: Any) -> str | None:
-    primitive = getattr(assoc.requestor, "primitive", None)
-    title = getattr(primitive, "calling_ae_title", None) or getattr(assoc.requestor, "ae_title", "")
-    return str(title).strip() or None
-
-
-def _who(assoc: Any) -> dict[str, Any]:
-    primitive = getattr(assoc.requestor, "primitive", None)
+def _who(association: Association) -> dict[str, Any]:
     detail: dict[str, Any] = {
-        "peer": str(assoc.requestor.address),
-        "called_ae": str(getattr(primitive, "called_ae_title", "") or "").strip() or None,
+        "peer": association.peer,
+        "called_ae": association.called_ae or None,
     }
-    sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
-    if isinstance(sock, ssl.SSLSocket):
+    sock = association.tls
+    if sock is not None:
         detail["tls"] = sock.version()
         detail["client_cert"] = _subject(sock)
     return detail

@@ -1,12 +1,10 @@
 """Spans for the DIMSE door: one SERVER span per association, one per C-STORE inside it.
 
 DIMSE carries no trace headers, so a study's trace starts here. The association span opens when
-the association is accepted and ends when it is released, aborted or its connection closes
-(whichever pynetdicom reports first); each C-STORE span is its child, and ingest (running in the
-same association thread) nests its own spans under the C-STORE span.
-
-pynetdicom may report the events of one association from different threads, so spans are kept
-per association object, not in the thread's current context.
+the association is accepted and ends when it is released, aborted or its connection closes;
+each C-STORE span is its child, and ingest (running in the same association thread) nests its
+own spans under the C-STORE span. Spans are kept per association object, not in the thread's
+current context, so a span never leaks into the next association the thread serves.
 """
 
 from __future__ import annotations
@@ -15,11 +13,11 @@ import contextlib
 import logging
 import threading
 from collections.abc import Iterator
-from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 
+from gateway.dimse.association import Association
 from gateway.telemetry import (
     CALLED_AE,
     CALLING_AE,
@@ -40,10 +38,9 @@ class AssociationSpans:
         self._spans: dict[int, Span] = {}
         self._lock = threading.Lock()
 
-    def on_accepted(self, event: Any) -> None:
-        """EVT_ACCEPTED: the association span starts a new trace."""
-        assoc = event.assoc
-        calling, called, peer = _parties(assoc)
+    def accepted(self, association: Association) -> None:
+        """The association span starts a new trace."""
+        calling, called, peer = _parties(association)
         span = self._telemetry.tracer.start_span(
             "DIMSE association",
             kind=SpanKind.SERVER,
@@ -51,7 +48,7 @@ class AssociationSpans:
             attributes=clean({CALLING_AE: calling, CALLED_AE: called, PEER_ADDRESS: peer}),
         )
         with self._lock:
-            self._spans[id(assoc)] = span
+            self._spans[id(association)] = span
         log.info(
             "association from %s@%s to %s accepted",
             calling,
@@ -67,29 +64,26 @@ class AssociationSpans:
             },
         )
 
-    def on_released(self, event: Any) -> None:
-        self._end(event, "released")
-
-    def on_aborted(self, event: Any) -> None:
-        self._end(event, "aborted")
-
-    def on_closed(self, event: Any) -> None:
-        self._end(event, "closed")
+    def ended(self, association: Association, how: str) -> None:
+        with self._lock:
+            span = self._spans.pop(id(association), None)
+        if span is None:
+            return
+        span.set_attribute("dicom.association.end", how)
+        span.end()
 
     @contextlib.contextmanager
-    def store(self, event: Any) -> Iterator[Span]:
+    def store(self, association: Association, sop_instance_uid: str) -> Iterator[Span]:
         """The current span for one C-STORE, a child of its association's span."""
         with self._lock:
-            parent = self._spans.get(id(event.assoc))
-        request = getattr(event, "request", None)
-        sop = getattr(request, "AffectedSOPInstanceUID", None)
-        calling, called, peer = _parties(event.assoc)
+            parent = self._spans.get(id(association))
+        calling, called, peer = _parties(association)
         with self._telemetry.span(
             "DIMSE C-STORE",
             kind=SpanKind.SERVER,
             parent=trace.set_span_in_context(parent) if parent is not None else None,
             attributes={
-                SOP_UID: str(sop) if sop else None,
+                SOP_UID: sop_instance_uid or None,
                 CALLING_AE: calling,
                 CALLED_AE: called,
                 PEER_ADDRESS: peer,
@@ -97,20 +91,6 @@ class AssociationSpans:
         ) as span:
             yield span
 
-    def _end(self, event: Any, how: str) -> None:
-        with self._lock:
-            span = self._spans.pop(id(event.assoc), None)
-        if span is None:
-            return
-        span.set_attribute("dicom.association.end", how)
-        span.end()
 
-
-def _parties(assoc: Any) -> tuple[str | None, str | None, str | None]:
-    try:
-        calling = str(assoc.requestor.ae_title).strip() or None
-        called = str(assoc.acceptor.ae_title).strip() or None
-        peer = str(assoc.requestor.address) or None
-    except AttributeError:
-        return None, None, None
-    return calling, called, peer
+def _parties(association: Association) -> tuple[str | None, str | None, str | None]:
+    return association.calling_ae or None, association.called_ae or None, association.peer or None
