@@ -2,7 +2,8 @@
 
 Why it streams: a study can be many gigabytes, so instances are sent as a
 `multipart/related; type="application/dicom"` body produced by an async generator that reads
-the spool 1 MiB at a time in a worker thread; memory stays flat and the event loop free.
+the spool 1 MiB at a time in a worker thread (small instances a few MiB of them at a time);
+memory stays flat and the event loop free.
 
 Transfer syntax (Accept `transfer-syntax=` parameter): `*` sends the stored bytes untouched;
 no parameter means Explicit VR Little Endian (the PS3.18 default), which is sent untouched
@@ -49,6 +50,7 @@ from gateway.web.media import (
 from gateway.web.urls import base_url, context_of, instance_url, path_uid
 
 CHUNK = 1 << 20
+BATCH = 4 << 20  # small instances are read and sent this many bytes at a time
 AS_STORED = "*"
 
 
@@ -146,10 +148,24 @@ def _multipart_length(rows: Sequence[Row], choice: Choice, boundary: str) -> int
 async def _multipart(
     spool: Spool, rows: Sequence[Row], choice: Choice, boundary: str
 ) -> AsyncIterator[bytes]:
+    small: list[tuple[str, Row]] = []  # as-stored parts waiting to be read in one go
+    pending = 0
+    batch = 1  # the first part goes out alone: a short time to the first byte
     for row in rows:
         syntax = _syntax_for(row, choice)
+        size = int(row["size"])
+        if syntax == str(row["transfer_syntax_uid"]) and size <= CHUNK:
+            small.append((syntax, row))
+            pending += size
+            if pending >= batch:
+                yield await anyio.to_thread.run_sync(_read_parts, spool, small, boundary)
+                small, pending, batch = [], 0, BATCH
+            continue
+        if small:
+            yield await anyio.to_thread.run_sync(_read_parts, spool, small, boundary)
+            small, pending = [], 0
         if syntax == str(row["transfer_syntax_uid"]):
-            yield _part_head(boundary, syntax, int(row["size"]))
+            yield _part_head(boundary, syntax, size)
             async for chunk in stream_spool(spool, str(row["spool_key"])):
                 yield chunk
         else:
@@ -157,7 +173,23 @@ async def _multipart(
             yield _part_head(boundary, syntax, len(data))
             yield data
         yield b"\r\n"
+    if small:
+        yield await anyio.to_thread.run_sync(_read_parts, spool, small, boundary)
     yield f"--{boundary}--\r\n".encode("ascii")
+
+
+def _read_parts(spool: Spool, parts: Sequence[tuple[str, Row]], boundary: str) -> bytes:
+    """Several small stored instances as finished parts, read in one worker-thread hop.
+
+    Why: a CT study is hundreds of 0.5 MB files; a thread hop and an event-loop write per file
+    and per read cost more than the copy (issue 7: WADO-RS study throughput).
+    """
+    pieces: list[bytes] = []
+    for syntax, row in parts:
+        with spool.open(str(row["spool_key"])) as handle:
+            data = handle.read()
+        pieces += (_part_head(boundary, syntax, len(data)), data, b"\r\n")
+    return b"".join(pieces)
 
 
 async def _instance_bytes(spool: Spool, row: Row, choice: Choice) -> AsyncIterator[bytes]:
