@@ -15,12 +15,16 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from gateway import __version__
-from gateway.config import Settings, load_settings
-from gateway.db import Database, open_database
 from gateway.exceptions import GatewayError
-from gateway.report import format_queue, format_trace, study_trace
+
+# Imported where used: `serve` must hold pydicom's pixel codecs back (gateway/dicom/codecs.py)
+# before anything imports pydicom, and gateway.config does, through the routing rules.
+if TYPE_CHECKING:
+    from gateway.config import Settings
+    from gateway.db import Database
 
 log = logging.getLogger("gateway")
 
@@ -97,10 +101,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    from gateway.config import load_settings
+
     return load_settings(args.config)
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from gateway.dicom import codecs
+    from gateway.memory import limit_malloc_arenas
+
+    # First, before pydicom is imported: memory that a byte-moving server never uses.
+    limit_malloc_arenas()
+    codecs.defer()
     from gateway.logging_setup import configure_logging
     from gateway.service import Gateway
 
@@ -153,10 +165,14 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _open_db(args: argparse.Namespace) -> Database:
+    from gateway.db import open_database
+
     return open_database(_settings(args).storage.database)
 
 
 def _trace(args: argparse.Namespace) -> int:
+    from gateway.report import format_trace, study_trace
+
     db = _open_db(args)
     trace = study_trace(db, args.study_uid)
     if args.json:
@@ -168,6 +184,7 @@ def _trace(args: argparse.Namespace) -> int:
 
 def _queue(args: argparse.Namespace) -> int:
     from gateway.db.deliveries import queue_summary
+    from gateway.report import format_queue
 
     rows = queue_summary(_open_db(args))
     print(json.dumps(rows, indent=2) if args.json else format_queue(rows))
@@ -211,6 +228,7 @@ def _duration(text: str) -> float:
 
 
 def _retry(args: argparse.Namespace) -> int:
+    from gateway.db import open_database
     from gateway.db.deliveries import requeue_dead
 
     settings = _settings(args)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from gateway.auth.builtin import BuiltinIssuer
-from gateway.auth.jwt import JwtVerifier
-from gateway.auth.principal import TokenVerifier
+from gateway.auth.principal import Principal, TokenVerifier
 from gateway.auth.settings import DEFAULT_KEY_FILE, BuiltinAuth, parse_inbound_auth
 from gateway.config import Settings
 from gateway.exceptions import ConfigError
@@ -28,19 +29,47 @@ def builtin_issuer(settings: Settings) -> BuiltinIssuer:
 
 
 def make_verifier(settings: Settings) -> TokenVerifier:
-    """A verifier for `auth.mode`; OIDC keys are fetched on first use, not here."""
+    """A verifier for `auth.mode`, made when the first token arrives (see `OnFirstToken`)."""
     auth = parse_inbound_auth(settings.auth)
     if isinstance(auth, BuiltinAuth):
-        return builtin_issuer(settings).verifier()
-    from gateway.auth.oidc import OidcKeys
+        return OnFirstToken(builtin_issuer(settings).verifier)
 
-    keys = OidcKeys(auth)
-    return JwtVerifier(
-        keys=keys.current,
-        on_unknown_key=keys.refresh_for_unknown_kid,
-        issuer=auth.issuer,
-        audience=auth.audience,
-        algorithms=auth.algorithms,
-        audience_claim=auth.audience_claim,
-        scope_prefix=auth.scope_prefix,
-    )
+    def oidc() -> TokenVerifier:
+        from gateway.auth.jwt import JwtVerifier
+        from gateway.auth.oidc import OidcKeys
+
+        keys = OidcKeys(auth)  # fetches the issuer's keys on first use, not here
+        return JwtVerifier(
+            keys=keys.current,
+            on_unknown_key=keys.refresh_for_unknown_kid,
+            issuer=auth.issuer,
+            audience=auth.audience,
+            algorithms=auth.algorithms,
+            audience_claim=auth.audience_claim,
+            scope_prefix=auth.scope_prefix,
+        )
+
+    return OnFirstToken(oidc)
+
+
+class OnFirstToken:
+    """A verifier built when the first bearer token arrives.
+
+    Why: verifying imports joserfc and cryptography (and loads the signing key), about 11 MB
+    of resident memory that a gateway receiving only C-STORE would carry for nothing. The
+    settings were checked when the config was read; the key file when the issuer was made.
+    """
+
+    def __init__(self, build: Callable[[], TokenVerifier]) -> None:
+        self._build = build
+        self._verifier: TokenVerifier | None = None
+        self._lock = threading.Lock()
+
+    def verify(self, token: str) -> Principal:
+        verifier = self._verifier
+        if verifier is None:
+            with self._lock:  # tokens are verified in worker threads (gateway/web/guard.py)
+                if self._verifier is None:
+                    self._verifier = self._build()
+                verifier = self._verifier
+        return verifier.verify(token)

@@ -20,20 +20,9 @@ from joserfc.jws import extract_compact
 from joserfc.jwt import JWTClaimsRegistry
 
 from gateway.auth.principal import Principal
+from gateway.auth.settings import ASYMMETRIC_ALGORITHMS
 from gateway.exceptions import AuthError
 
-ASYMMETRIC_ALGORITHMS = (
-    "ES256",
-    "ES384",
-    "ES512",
-    "RS256",
-    "RS384",
-    "RS512",
-    "PS256",
-    "PS384",
-    "PS512",
-    "EdDSA",
-)
 LEEWAY_SECONDS = 30
 
 

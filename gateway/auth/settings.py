@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from gateway.auth.jwt import ASYMMETRIC_ALGORITHMS
 from gateway.config_values import no_unknown as _no_unknown
 from gateway.config_values import number as _number
 from gateway.config_values import optional_text as _optional_text
@@ -25,6 +24,20 @@ from gateway.config_values import text as _text
 from gateway.exceptions import ConfigError
 
 DEFAULT_KEY_FILE = "data/auth/signing-key.jwk.json"
+# The signature algorithms a JWT may use (gateway/auth/jwt.py enforces them). Here, not there,
+# so reading the config does not import joserfc and cryptography (~11 MB resident).
+ASYMMETRIC_ALGORITHMS = (
+    "ES256",
+    "ES384",
+    "ES512",
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "EdDSA",
+)
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 

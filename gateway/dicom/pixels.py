@@ -24,6 +24,7 @@ from pydicom.encaps import get_frame
 from pydicom.pixels.utils import pack_bits, pixel_array
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
 
+from gateway.dicom import codecs
 from gateway.exceptions import GatewayError
 
 _PIXEL_DATA = 0x7FE00010
@@ -150,6 +151,7 @@ def decoded_frame(path: Path, layout: PixelLayout, number: int) -> bytes:
             width = layout.bits_allocated // 8
             data = np.frombuffer(data, dtype=f">u{width}").astype(f"<u{width}").tobytes()
         return data
+    codecs.require()
     try:
         array = pixel_array(str(path), index=number - 1)
     except Exception as exc:

@@ -12,15 +12,19 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from numpy.typing import NDArray
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_modality_lut
 from pydicom.pixels.utils import pixel_array
 
+from gateway.dicom import codecs
 from gateway.exceptions import GatewayError
+
+if TYPE_CHECKING:  # importing numpy.typing would load numpy, deferred until a frame is decoded
+    from numpy.typing import NDArray
 
 RENDERED_TYPES = ("image/jpeg", "image/png")
 THUMBNAIL_SIZE = 128
@@ -47,6 +51,7 @@ def render_frame(path: Path, header: Dataset, number: int, presentation: Present
     frames = int(header.get("NumberOfFrames") or 1)
     if not 1 <= number <= frames:
         raise RenderError(f"frame {number} does not exist; the object has {frames}")
+    codecs.require()
     try:
         array = pixel_array(str(path), index=number - 1)
     except Exception as exc:

@@ -29,6 +29,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from gateway.dicom import codecs
 from gateway.exceptions import GatewayError
 
 NATIVE = frozenset(
@@ -54,6 +55,7 @@ def can_decode(transfer_syntax: str) -> bool:
     """True if pixel data in `transfer_syntax` can be decoded here (a codec is installed)."""
     if transfer_syntax in NATIVE:
         return True
+    codecs.require()
     try:
         decoder = get_decoder(UID(transfer_syntax))
     except (NotImplementedError, ValueError):
@@ -77,6 +79,7 @@ def to_explicit_little_endian(source: BinaryIO) -> bytes:
             source.seek(0)
             return source.read()
         if is_encapsulated(stored):
+            codecs.require()
             dataset.decompress(generate_instance_uid=False)
         elif stored == ExplicitVRBigEndian:
             _swap_words(dataset)

@@ -18,7 +18,7 @@ import pytest
 from joserfc.jwk import ECKey
 from starlette.routing import Route
 
-from gateway.auth.factory import DEFAULT_KEY_FILE, make_verifier
+from gateway.auth.factory import DEFAULT_KEY_FILE, builtin_issuer, make_verifier
 from gateway.auth.principal import SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE
 from gateway.web.app import create_app, endpoints
 from gateway.web.context import WebContext
@@ -54,6 +54,9 @@ def builtin_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthGa
     workdir = tmp_path_factory.mktemp("builtin")
     with running_gateway(workdir, auth={"mode": "builtin"}) as running:
         key_file = workdir / DEFAULT_KEY_FILE
+        # Made on first use (gateway/auth/builtin.py): here the first token, as `token` does.
+        assert not key_file.exists()
+        builtin_issuer(running.settings).issue("fixture", [])
         assert oct(key_file.stat().st_mode & 0o777) == "0o600"
         key = ECKey.import_key(json.loads(key_file.read_text()))
         signer = Signer(key, "ES256", "urn:dicom-gateway:GATEWAY", "dicom-gateway")
