@@ -128,8 +128,16 @@ class DimseListener:
         if self._ssl_context is None:
             return client
         client.settimeout(self._handshake_timeout)
+        # Handshake explicitly: wrap_socket's own handshake closes the socket on failure,
+        # before the refusal is logged and audited.
+        wrapped: ssl.SSLSocket | None = None
         try:
-            wrapped = self._ssl_context.wrap_socket(client, server_side=True)
+            wrapped = self._ssl_context.wrap_socket(
+                client, server_side=True, do_handshake_on_connect=False
+            )
+            with self._lock:
+                self._connections.add(wrapped)
+            wrapped.do_handshake()
         except (OSError, ValueError) as exc:
             reason = _handshake_failure(exc)
             log.warning("refused a DIMSE TLS connection from %s: %s", peer, reason)
@@ -138,9 +146,12 @@ class DimseListener:
                     self._on_tls_refused(peer, reason)
                 except Exception:
                     log.exception("could not report the refused TLS connection")
+            if wrapped is not None:
+                with self._lock:
+                    self._connections.discard(wrapped)
+                with contextlib.suppress(OSError):
+                    wrapped.close()
             return None
-        with self._lock:
-            self._connections.add(wrapped)
         return wrapped
 
 
