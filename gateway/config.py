@@ -103,6 +103,8 @@ class DimseSettings:
 class DeliverySettings:
     lease_seconds: float = 300.0
     poll_interval: float = 0.5
+    linger: float = 0.1  # longest a due instance waits for more of its study to batch with it
+    quiet: float = 0.03  # send at once after this long without a new arrival
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -193,10 +195,12 @@ def parse_settings(raw: object, *, base_dir: Path, source: Path | None = None) -
     routes = load_rules(top.get("routes", []), destinations.keys())
     default = load_default(top.get("routing_default", "hold"), destinations.keys())
     delivery_raw = _mapping(top.get("delivery", {}), "delivery")
-    _no_unknown(delivery_raw, "delivery", {"lease_seconds", "poll_interval"})
+    _no_unknown(delivery_raw, "delivery", {"lease_seconds", "poll_interval", "linger", "quiet"})
     delivery = DeliverySettings(
         lease_seconds=_number(delivery_raw, "delivery", "lease_seconds", 300.0, minimum=5),
         poll_interval=_number(delivery_raw, "delivery", "poll_interval", 0.5, minimum=0.01),
+        linger=_number(delivery_raw, "delivery", "linger", 0.1, minimum=0),
+        quiet=_number(delivery_raw, "delivery", "quiet", 0.03, minimum=0.001),
     )
     ingest_raw = _mapping(top.get("ingest", {}), "ingest")
     _no_unknown(ingest_raw, "ingest", {"duplicate_policy"})

@@ -14,6 +14,14 @@ from dataclasses import dataclass
 from gateway.db.engine import Database, Row
 from gateway.db.events import record_event
 
+# What a sender needs of an instance (not the indexed attributes or the header JSON).
+_SENT_COLUMNS = (
+    "i.id, i.sop_instance_uid, i.sop_class_uid, i.study_instance_uid, i.series_instance_uid, "
+    "i.transfer_syntax_uid, i.spool_key, i.size, i.received_at, i.trace_context"
+)
+# Bound parameters per statement stay well below SQLite's (32766) and PostgreSQL's limits.
+_IDS_PER_STATEMENT = 500
+
 
 def _due(alias: str = "") -> str:
     """Condition for deliveries of a destination that are due now (params: dest, now, now)."""
@@ -26,6 +34,8 @@ def _due(alias: str = "") -> str:
 
 @dataclass(frozen=True, slots=True)
 class LeasedDelivery:
+    """A delivery leased to one worker; `instance` holds the instance columns a sender needs."""
+
     delivery_id: int
     attempt: int
     created_at: float
@@ -67,8 +77,8 @@ def lease_batch(
         if first is None:
             return []
         rows = cur.execute(
-            f"SELECT d.id AS delivery_id, d.attempts, d.created_at, i.* FROM deliveries d "
-            f"JOIN instances i ON i.id = d.instance_id WHERE {_due('d')} "
+            f"SELECT d.id AS delivery_id, d.attempts, d.created_at, {_SENT_COLUMNS} "
+            f"FROM deliveries d JOIN instances i ON i.id = d.instance_id WHERE {_due('d')} "
             f"AND d.study_instance_uid = ? ORDER BY d.priority DESC, d.next_attempt_at, d.id "
             f"LIMIT ?{db.for_update('d')}",
             (destination, moment, moment, first["study_instance_uid"], max_instances),
@@ -97,52 +107,86 @@ def lease_batch(
     ]
 
 
+def due_times(
+    db: Database, destination: str, *, now: float | None = None
+) -> tuple[float, float] | None:
+    """When the longest-waiting and the latest pending delivery of `destination` became due.
+
+    None when nothing is pending and due. Two index lookups in a read transaction (no write
+    lock); expired leases are not counted.
+    """
+    moment = time.time() if now is None else now
+    with db.transaction(write=False) as cur:
+        row = cur.execute(
+            "SELECT MIN(next_attempt_at) AS oldest, MAX(next_attempt_at) AS latest "
+            "FROM deliveries WHERE destination = ? AND state = 'pending' "
+            "AND next_attempt_at <= ?",
+            (destination, moment),
+        ).fetchone()
+    if row is None or row["oldest"] is None:
+        return None
+    return float(row["oldest"]), float(row["latest"])
+
+
 def settle(db: Database, owner: str, settlements: Sequence[Settlement]) -> int:
-    """Record outcomes of leased deliveries; returns how many were still ours to settle."""
-    settled = 0
+    """Record outcomes of leased deliveries; returns how many were still ours to settle.
+
+    A whole batch is settled in one transaction with one statement of each kind, not three
+    per delivery: the write lock it holds is the one ingest waits for.
+    """
+    settlements = _first_of_each(settlements)
     with db.transaction() as cur:
-        for item in settlements:
-            row = cur.execute(
-                "SELECT d.attempts, d.destination, i.study_instance_uid, i.sop_instance_uid "
-                "FROM deliveries d JOIN instances i ON i.id = d.instance_id "
-                "WHERE d.id = ? AND d.state = 'leased' AND d.lease_owner = ?"
-                + db.for_update("d", skip_locked=False),
-                (item.delivery_id, owner),
-            ).fetchone()
-            if row is None:
-                continue  # lease expired and was taken over, or superseded
-            settled += 1
-            cur.execute(
-                "INSERT INTO delivery_attempts (delivery_id, attempt, worker, started_at, "
-                "finished_at, outcome, status, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        held: dict[int, Row] = {}
+        for start in range(0, len(settlements), _IDS_PER_STATEMENT):
+            ids = [item.delivery_id for item in settlements[start : start + _IDS_PER_STATEMENT]]
+            for row in cur.execute(
+                "SELECT d.id, d.attempts, d.destination, i.study_instance_uid, "
+                "i.sop_instance_uid FROM deliveries d JOIN instances i ON i.id = d.instance_id "
+                f"WHERE d.id IN ({', '.join('?' for _ in ids)}) AND d.state = 'leased' "
+                "AND d.lease_owner = ?" + db.for_update("d", skip_locked=False),
+                (*ids, owner),
+            ).fetchall():
+                held[int(row["id"])] = row
+        # Leases that expired and were taken over, or were superseded, are not ours any more.
+        ours = [item for item in settlements if item.delivery_id in held]
+        cur.executemany(
+            "INSERT INTO delivery_attempts (delivery_id, attempt, worker, started_at, "
+            "finished_at, outcome, status, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
                 (
                     item.delivery_id,
-                    row["attempts"],
+                    held[item.delivery_id]["attempts"],
                     owner,
                     item.started_at,
                     item.finished_at,
                     item.state,
                     item.status,
                     item.detail,
-                ),
-            )
-            final = item.state in ("delivered", "dead")
-            cur.execute(
-                "UPDATE deliveries SET state = ?, lease_owner = NULL, lease_expires_at = NULL, "
-                "next_attempt_at = COALESCE(?, next_attempt_at), updated_at = ?, "
-                "settled_at = ?, last_status = ?, last_detail = ?, warning = ? WHERE id = ?",
+                )
+                for item in ours
+            ],
+        )
+        cur.executemany(
+            "UPDATE deliveries SET state = ?, lease_owner = NULL, lease_expires_at = NULL, "
+            "next_attempt_at = COALESCE(?, next_attempt_at), updated_at = ?, "
+            "settled_at = ?, last_status = ?, last_detail = ?, warning = ? WHERE id = ?",
+            [
                 (
                     item.state,
                     item.retry_at,
                     item.finished_at,
-                    item.finished_at if final else None,
+                    item.finished_at if item.state in ("delivered", "dead") else None,
                     item.status,
                     item.detail,
                     int(item.warning),
                     item.delivery_id,
-                ),
-            )
+                )
+                for item in ours
+            ],
+        )
+        for item in ours:
             if item.state == "dead":
+                row = held[item.delivery_id]
                 record_event(
                     cur,
                     "delivery.dead",
@@ -157,7 +201,18 @@ def settle(db: Database, owner: str, settlements: Sequence[Settlement]) -> int:
                         "attempts": row["attempts"],
                     },
                 )
-    return settled
+    return len(ours)
+
+
+def _first_of_each(settlements: Sequence[Settlement]) -> list[Settlement]:
+    """One settlement per delivery (the first): a delivery is settled once per lease."""
+    seen: set[int] = set()
+    unique = []
+    for item in settlements:
+        if item.delivery_id not in seen:
+            seen.add(item.delivery_id)
+            unique.append(item)
+    return unique
 
 
 def release(db: Database, owner: str, delivery_ids: Sequence[int]) -> None:

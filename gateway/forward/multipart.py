@@ -83,12 +83,15 @@ class DicomMultipartBody:
         self._passes.clear()
 
     def _generate(self) -> Generator[bytes, None, None]:
-        delimiter = _delimiter(self.boundary)
-        for inst in self.instances:
-            yield delimiter + _PART_HEADERS
+        # Each chunk is one write through httpx, h11 and the socket: the CRLF that ends a part
+        # travels with the next part's delimiter and headers, or with the closing delimiter.
+        opening = _delimiter(self.boundary) + _PART_HEADERS
+        between = b"\r\n" + opening
+        closing = b"--" + self.boundary.encode("ascii") + b"--\r\n"
+        for index, inst in enumerate(self.instances):
+            yield between if index else opening
             yield from _read_exactly(inst)
-            yield b"\r\n"
-        yield b"--" + self.boundary.encode("ascii") + b"--\r\n"
+        yield b"\r\n" + closing if self.instances else closing
 
 
 def _read_exactly(inst: OutgoingInstance) -> Generator[bytes, None, None]:
@@ -101,30 +104,34 @@ def _read_exactly(inst: OutgoingInstance) -> Generator[bytes, None, None]:
             delivery_id=inst.delivery_id,
             permanent=False,
         ) from exc
-    sent = 0
+    remaining = inst.size
     try:
-        while True:
-            try:
-                chunk = stream.read(CHUNK_SIZE)
-            except (OSError, SpoolError) as exc:
-                raise PartSourceError(
-                    f"reading stored instance {inst.sop_instance_uid} failed: {exc}",
-                    delivery_id=inst.delivery_id,
-                    permanent=False,
-                ) from exc
+        # Ask for no more than is left, so a small instance is one exact-size read.
+        while remaining > 0:
+            chunk = _read(stream, min(CHUNK_SIZE, remaining), inst)
             if not chunk:
                 break
-            sent += len(chunk)
-            if sent > inst.size:
-                break
+            remaining -= len(chunk)
             yield chunk
+        longer = remaining == 0 and bool(_read(stream, 1, inst))
     finally:
         stream.close()
-    if sent != inst.size:
-        found = f"more than {inst.size}" if sent > inst.size else str(sent)
+    if remaining or longer:
+        found = f"more than {inst.size}" if longer else str(inst.size - remaining)
         raise PartSourceError(
             f"stored instance {inst.sop_instance_uid} holds {found} bytes but the database "
             f"records {inst.size}; the spool and the database disagree",
             delivery_id=inst.delivery_id,
             permanent=True,
         )
+
+
+def _read(stream: BinaryIO, size: int, inst: OutgoingInstance) -> bytes:
+    try:
+        return stream.read(size)
+    except (OSError, SpoolError) as exc:
+        raise PartSourceError(
+            f"reading stored instance {inst.sop_instance_uid} failed: {exc}",
+            delivery_id=inst.delivery_id,
+            permanent=False,
+        ) from exc

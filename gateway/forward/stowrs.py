@@ -231,6 +231,9 @@ class StowRsSender:
                 "Content-Type": body.content_type,
                 "Content-Length": str(body.content_length),
                 "Accept": "application/dicom+json",
+                # The response lists every instance; compressing it costs the server and us
+                # CPU for a few kilobytes on a request of megabytes.
+                "Accept-Encoding": "identity",
             }
             if self._auth is not None:
                 headers.update(self._auth())

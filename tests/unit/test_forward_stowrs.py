@@ -305,6 +305,14 @@ def test_request_headers_and_body_framing(tmp_path: Path) -> None:
     assert "Transfer-Encoding" not in request.headers
 
 
+def test_the_response_is_asked_for_uncompressed(tmp_path: Path) -> None:
+    """It lists every instance; gzip would cost both sides CPU to save a few kilobytes."""
+    with scripted_peer(Reply(200)) as peer:
+        StowRsSender(name="cloud", url=peer.url()).send(ct_batch(tmp_path, 1, seed=9))
+    (request,) = peer.received
+    assert request.headers["Accept-Encoding"] == "identity"
+
+
 @pytest.mark.parametrize(
     ("reply", "outcome", "status"),
     [
