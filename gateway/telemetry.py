@@ -210,6 +210,16 @@ class Telemetry:
         attributes: Mapping[str, AttributeValue | None] | None = None,
     ) -> Iterator[Span]:
         """A current span; an exception marks it as an error and propagates unchanged."""
+        if self.tracer_provider is None:
+            # Telemetry off: what the no-op tracer would hand out (the parent's context in a
+            # span that records nothing), without its context switches.
+            span = _not_recording(parent)
+            if parent is None:
+                yield span
+            else:
+                with trace.use_span(span, end_on_exit=False):
+                    yield span
+            return
         with self.tracer.start_as_current_span(
             name,
             context=parent,
@@ -221,10 +231,44 @@ class Telemetry:
         ) as span:
             yield span
 
+    def start_span(
+        self,
+        name: str,
+        *,
+        parent: Context | None = None,
+        attributes: Mapping[str, AttributeValue | None] | None = None,
+    ) -> Span:
+        """A span that is not made current and must be finished with `end_span`.
+
+        For work whose spans overlap rather than nest: a STOW-RS request's instances are each
+        traced from their arrival until the one commit that makes them all durable.
+        """
+        if self.tracer_provider is None:
+            return _not_recording(parent)
+        return self.tracer.start_span(
+            name, context=parent, attributes=clean(attributes) if attributes else None
+        )
+
+
+def _not_recording(parent: Context | None) -> Span:
+    current = trace.get_current_span(parent)
+    if isinstance(current, trace.NonRecordingSpan):
+        return current
+    return trace.NonRecordingSpan(current.get_span_context())
+
+
+def end_span(span: Span, error: BaseException | None = None) -> None:
+    """End a span from `Telemetry.start_span`, marked as `span()` marks an escaping error."""
+    if error is not None and span.is_recording():
+        span.record_exception(error)
+        span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+    span.end()
+
 
 def set_attributes(span: Span, attributes: Mapping[str, AttributeValue | None]) -> None:
     """Set the attributes that have a value (None means "not known here")."""
-    span.set_attributes(clean(attributes))
+    if span.is_recording():  # a no-op span ignores them anyway; skip building the dict
+        span.set_attributes(clean(attributes))
 
 
 def clean(attributes: Mapping[str, AttributeValue | None]) -> dict[str, AttributeValue]:

@@ -6,11 +6,17 @@ routing reports show; each becomes a column so queries run on indexes, never on 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 from typing import Any
 
+from pydicom.charset import default_encoding
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.values import convert_value
 
 from gateway.dicom.names import person_name_key
 
@@ -50,23 +56,71 @@ _INTEGER_COLUMNS = frozenset(
     {"series_number", "instance_number", "rows", "columns", "bits_allocated", "number_of_frames"}
 )
 _BULK_THRESHOLD = 1024
+_SPECIFIC_CHARACTER_SET = 0x00080005
 log = logging.getLogger(__name__)
+
+
+def _tag(keyword: str) -> int:
+    tag = tag_for_keyword(keyword)
+    assert tag is not None, keyword
+    return tag
+
+
+# (column, tag, keyword, integer column?), resolved once instead of per instance
+_INDEXED_TAGS: tuple[tuple[str, int, str, bool], ...] = tuple(
+    (column, _tag(keyword), keyword, column in _INTEGER_COLUMNS)
+    for column, keyword in INDEXED_ATTRIBUTES.items()
+)
+
+
+def element_value(dataset: Dataset, tag: int) -> Any:
+    """`dataset[tag].value`, or None if the element is absent; may raise on a broken value.
+
+    Why not `dataset[tag]`: it builds and caches a DataElement through pydicom's hooks, which
+    costs several times the conversion itself. For a plainly encoded public element (its VR the
+    dictionary's) this calls pydicom's own value converter on the raw element with the data
+    set's character set, which is what the hooks do; anything else (private or unknown tags,
+    UN, deferred values, a conversion error) takes the long way, so the value is the same.
+    """
+    element = dataset.get_item(tag)
+    if element is None:
+        return None
+    if isinstance(element, RawDataElement):
+        expected = _dictionary_vr(tag)
+        encodings = (
+            dataset.original_character_set if tag != _SPECIFIC_CHARACTER_SET else default_encoding
+        )
+        if expected is not None and (element.VR or expected) == expected and encodings:
+            with contextlib.suppress(Exception):  # else pydicom decides: raise, or read as UN
+                return convert_value(expected, element, encodings)
+    return dataset[tag].value
+
+
+@functools.cache
+def _dictionary_vr(tag: int) -> str | None:
+    """The VR `element_value` may convert `tag` as by itself, or None (ask pydicom)."""
+    try:
+        vr = str(dictionary_VR(tag))
+    except KeyError:
+        return None
+    # Ambiguous VRs ("US or SS") and sequences need the data set around them.
+    return None if " or " in vr or vr == "SQ" else vr
 
 
 def indexed_values(dataset: Dataset) -> dict[str, str | int | None]:
     """Column values for one header; an undecodable value becomes None, never an error."""
     values: dict[str, str | int | None] = {}
-    for column, keyword in INDEXED_ATTRIBUTES.items():
-        values[column] = _read(dataset, keyword, integer=column in _INTEGER_COLUMNS)
+    for column, tag, keyword, integer in _INDEXED_TAGS:
+        values[column] = _read(dataset, tag, keyword, integer=integer)
     for column, source in SEARCH_COLUMNS.items():
         name = values[source]
         values[column] = person_name_key(name if isinstance(name, str) else None)
     return values
 
 
-def _read(dataset: Dataset, keyword: str, *, integer: bool) -> str | int | None:
+def _read(dataset: Dataset, tag: int, keyword: str, *, integer: bool) -> str | int | None:
     try:
-        value = dataset.get(keyword)
+        value = element_value(dataset, tag)
     except Exception:  # hostile or broken value: not indexable, still storable
         return None
     if value is None or value == "":

@@ -1,13 +1,17 @@
 """The spool protocol: put a finished local file durably, read it back as a stream.
 
 `put` takes ownership of a complete file in `staging_dir` and returns only when the bytes are
-durable (fsynced and renamed, or an S3 PUT completed). Keys are built from validated UIDs plus a
-random version token, so a re-sent instance never overwrites bytes a sender may be reading.
+durable (fsynced and renamed, or an S3 PUT completed). For a group of objects acknowledged
+together, `put_deferred` for each and then one `sync` gives the same guarantee with the flushes
+done together (every file, and each folder once, side by side). Keys are built from validated
+UIDs plus a random version token, so a re-sent instance never overwrites bytes a sender may be
+reading.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +45,17 @@ class Spool(Protocol):
 
     def put(self, source: Path, key: str) -> StoredObject:
         """Move or upload `source` to `key` durably; `source` is consumed."""
+        ...
+
+    def put_deferred(self, source: Path, key: str) -> StoredObject:
+        """Like `put`, but the object is durable only once `sync` has been called with its key.
+
+        Until then it may be lost in a crash, so nobody may be told it is stored.
+        """
+        ...
+
+    def sync(self, keys: Sequence[str]) -> None:
+        """Make objects written by `put_deferred` durable; raise SpoolError if that fails."""
         ...
 
     def open(self, key: str) -> BinaryIO:

@@ -2,7 +2,9 @@
 
 Durability: the incoming file is fsynced, renamed into place, and the directory fsynced, so an
 acknowledged instance survives a crash or power loss. Incoming files are staged inside the
-spool (`.incoming/`) so the final step is a rename on the same filesystem, not a copy.
+spool (`.incoming/`) so the final step is a rename on the same filesystem, not a copy. With
+`put_deferred` the fsyncs wait for `sync`, which does those of a whole group at once: every
+file, and every folder once however many of the group's files it holds.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import io
 import os
 import re
 import shutil
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -34,6 +37,10 @@ class FilesystemSpool:
         self.root = Path(root).resolve()
         self._staging = self.root / ".incoming"
         self._hasher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="spool-hash")
+        self._syncer = ThreadPoolExecutor(max_workers=16, thread_name_prefix="spool-sync")
+        # put_deferred key -> folders whose entries changed for it, until `sync` flushes them
+        self._unsynced: dict[str, set[Path]] = {}
+        self._lock = threading.Lock()
         try:
             self._staging.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -52,12 +59,37 @@ class FilesystemSpool:
         return self.root.joinpath(*parts)
 
     def put(self, source: Path, key: str) -> StoredObject:
+        stored, folders = self._place(source, key, flush=True)
+        self._sync(sorted(folders), key)
+        return stored
+
+    def put_deferred(self, source: Path, key: str) -> StoredObject:
+        stored, folders = self._place(source, key, flush=False)
+        with self._lock:
+            self._unsynced[key] = folders
+        return stored
+
+    def sync(self, keys: Sequence[str]) -> None:
+        # Every object and every folder it changed, each fsynced once and side by side: the
+        # filesystem journals concurrent fsyncs together, so a group costs about one flush.
+        paths: set[Path] = set()
+        with self._lock:
+            for key in keys:
+                if key in self._unsynced:
+                    paths.add(self._path(key))
+                    paths.update(self._unsynced.pop(key))
+        self._sync(sorted(paths), f"{len(keys)} object(s)")
+
+    def _place(self, source: Path, key: str, *, flush: bool) -> tuple[StoredObject, set[Path]]:
+        """Hash, (flush) and rename `source` to `key`; return it and the folders to fsync."""
         target = self._path(key)
         try:
             with source.open("rb") as reader:
                 size = os.fstat(reader.fileno()).st_size
-                if size < _HASH_IN_PARALLEL:
-                    sha256 = _sha256(source)
+                if not flush:
+                    sha256 = _sha256_of(reader)
+                elif size < _HASH_IN_PARALLEL:
+                    sha256 = _sha256_of(reader)
                     os.fsync(reader.fileno())
                 else:
                     # hashlib and fsync both release the GIL: hash on another core while the
@@ -65,21 +97,29 @@ class FilesystemSpool:
                     hashing = self._hasher.submit(_sha256, source)
                     os.fsync(reader.fileno())
                     sha256 = hashing.result()
-            created = _make_parents(target.parent, self.root)
+            folders = {target.parent}
             try:
-                os.replace(source, target)
-            except OSError as exc:
-                if exc.errno != errno.EXDEV:
-                    raise
-                _copy_durably(source, target)
-                source.unlink()
-            for folder in {target.parent, *created}:
-                _fsync_dir(folder)
+                _move(source, target)
+            except FileNotFoundError:
+                # Try the rename first: the series folder usually exists, and creating it up
+                # front cost a stat and a mkdir per instance.
+                folders.update(_make_parents(target.parent, self.root))
+                _move(source, target)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 source.unlink()
             raise SpoolError(f"cannot write {key} to the spool: {exc.strerror or exc}") from exc
-        return StoredObject(key=key, size=size, sha256=sha256)
+        return StoredObject(key=key, size=size, sha256=sha256), folders
+
+    def _sync(self, paths: list[Path], what: str) -> None:
+        try:
+            if len(paths) > 1:
+                for _ in self._syncer.map(_fsync_path, paths):
+                    pass
+            elif paths:
+                _fsync_path(paths[0])
+        except OSError as exc:
+            raise SpoolError(f"cannot make {what} durable in the spool: {exc.strerror}") from exc
 
     def open(self, key: str) -> BinaryIO:
         try:
@@ -110,6 +150,8 @@ class FilesystemSpool:
 
     def delete(self, key: str) -> None:
         path = self._path(key)
+        with self._lock:
+            self._unsynced.pop(key, None)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         for folder in (path.parent, path.parent.parent):
@@ -160,11 +202,25 @@ class _Window(io.RawIOBase):
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as reader:
-        while chunk := reader.read(_CHUNK):
-            digest.update(chunk)
+        return _sha256_of(reader)
+
+
+def _sha256_of(reader: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    while chunk := reader.read(_CHUNK):
+        digest.update(chunk)
     return digest.hexdigest()
+
+
+def _move(source: Path, target: Path) -> None:
+    try:
+        os.replace(source, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        _copy_durably(source, target)
+        source.unlink()
 
 
 def _make_parents(folder: Path, root: Path) -> list[Path]:
@@ -187,8 +243,9 @@ def _copy_durably(source: Path, target: Path) -> None:
     os.replace(partial, target)
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
+def _fsync_path(path: Path) -> None:
+    """fsync a file or a folder by name."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

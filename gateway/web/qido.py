@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.db.qido import MATCHABLE, Hit, Level, Match, Search, SearchResult, search
 from gateway.exceptions import InvalidInputError
+from gateway.headers import with_headers
 from gateway.web import dicomjson
 from gateway.web.dicomjson import Document, element
 from gateway.web.errors import WebProblem, problem_handler, warning_value
@@ -146,8 +147,15 @@ async def _search(request: Request, level: Level, scope: dict[str, str]) -> Resp
     if not accepts_json(accept):
         raise WebProblem(406, f"QIDO-RS answers {DICOM_JSON} only")
     query, include, ignored = _parse(request, level, scope, context.settings.http.max_results)
+
+    def search_with_headers() -> SearchResult:
+        result = search(context.db, query)
+        # Result values come from each hit's header, made on first read (gateway/headers.py).
+        with_headers(context.db, context.spool, [hit.row for hit in result.hits])
+        return result
+
     try:
-        result: SearchResult = await anyio.to_thread.run_sync(search, context.db, query)
+        result = await anyio.to_thread.run_sync(search_with_headers)
     except InvalidInputError as exc:
         raise WebProblem(400, str(exc)) from exc
     base = base_url(request)

@@ -1,10 +1,13 @@
 """STOW-RS (PS3.18 §10.5): store instances pushed over HTTP through the one ingest path.
 
-Why this shape: every part goes through `Ingestor.accept_file`, exactly like a C-STORE, so
+Why this shape: every part goes through the one ingest use case, exactly like a C-STORE, so
 routing, the outbox and the audit trail treat AI results pushed by a vendor (SEG, SR, SC) the
 same as images from a modality, and a pushed SEG reaches the PACS by the same rules. The body is
-parsed as a stream (gateway/web/multipart.py) and each part is ingested as soon as it is
-complete; the answer is sent once all parts are durable.
+parsed as a stream (gateway/web/multipart.py) and each part is read once, checked, routed and
+spooled as soon as it is complete (`IngestBatch.add`); when the body ends, all parts are made
+durable together (`IngestBatch.commit`: their fsyncs side by side, one database transaction)
+and only then is the answer sent. A part refused on its own is reported in FailedSOPSequence
+without holding back the others.
 
 Answer (PS3.18 Table 10.5.3-1): 200 all stored; 202 some failed or carry warnings; 409 none
 stored; 400/413/415 for a request we cannot read at all. The body is a DICOM JSON data set with
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import anyio.to_thread
 import pydicom
 from pydicom.uid import UID
@@ -27,9 +31,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.db.instances import IngestOutcome
+from gateway.dicom.header import InstanceHeader, read_header
 from gateway.dicom.uids import is_valid_uid
 from gateway.exceptions import InvalidInputError, SpoolError, StoreError
-from gateway.ingest import Ingestor, Source
+from gateway.ingest import IngestBatch, Outcome, Source
 from gateway.web.errors import WebProblem, problem_handler, warning_value
 from gateway.web.guard import principal_of
 from gateway.web.media import (
@@ -54,6 +59,9 @@ CANNOT_UNDERSTAND = 0xC000
 ELEMENTS_DISCARDED = 0xB006
 
 _MAX_WARNING_HEADERS = 20
+# Parts per group commit. The answer waits for every group; a request of more parts than this
+# is committed in several groups, so memory and transactions stay bounded.
+_GROUP_PARTS = 200
 _DICOM_ROOT = "1.2.840.10008."
 
 
@@ -88,20 +96,40 @@ async def store_instances(request: Request) -> Response:
         peer=request.client.host if request.client else None,
     )
     outcomes: list[PartOutcome] = []
-    body_error: str | None = None
+    entries: list[PartOutcome | _Staged] = []  # of the group being filled
+    body_error: MultipartError | None = None
+    disconnected = False
+    batch = context.ingestor.batch(source)
     try:
-        async for part in _parts(request, context.ingestor.staging_dir, context.settings.http):
-            outcomes.append(
-                await anyio.to_thread.run_sync(_store_part, context.ingestor, part, study, source)
-            )
-    except MultipartError as exc:
-        if not any(o.failure is None for o in outcomes):
-            raise WebProblem(exc.status, str(exc)) from exc
-        body_error = str(exc)  # some parts are durable already: report them
-    except ClientDisconnect:
+        try:
+            async for part in _parts(request, context.ingestor.staging_dir, context.settings.http):
+                entries.append(await anyio.to_thread.run_sync(_stage_part, batch, part, study))
+                if len(entries) >= _GROUP_PARTS:  # bounds memory and transaction size
+                    outcomes += await _commit(batch, entries, source)
+                    batch, entries = context.ingestor.batch(source), []
+        except MultipartError as exc:
+            body_error = exc  # the complete parts before it are still stored and reported
+        except ClientDisconnect:
+            disconnected = True  # as before: what arrived complete is kept
+        outcomes += await _commit(batch, entries, source)
+    finally:
+        if not batch.done:  # an error or cancellation before the commit: nothing is kept
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(batch.abandon, "the request failed")
+    if disconnected:
         log.info("STOW-RS client %s went away after %d part(s)", source.peer, len(outcomes))
         return Response(status_code=400)
-    return _answer(outcomes, base_url(request), study, body_error)
+    if body_error is not None and not any(o.failure is None for o in outcomes):
+        raise WebProblem(body_error.status, str(body_error)) from body_error
+    return _answer(outcomes, base_url(request), study, str(body_error) if body_error else None)
+
+
+async def _commit(
+    batch: IngestBatch, entries: list[PartOutcome | _Staged], source: Source
+) -> list[PartOutcome]:
+    """Make a group of parts durable; what the answer says about each."""
+    results = await anyio.to_thread.run_sync(batch.commit)
+    return [_outcome(entry, results, source) for entry in entries]
 
 
 async def _parts(request: Request, staging_dir: Path, http: Any) -> Any:
@@ -136,18 +164,25 @@ async def _parts(request: Request, staging_dir: Path, http: Any) -> Any:
         yield part
 
 
-def _store_part(ingestor: Ingestor, part: Part, study: str | None, source: Source) -> PartOutcome:
-    """Check and ingest one part (runs in a worker thread); the part's file is consumed."""
+@dataclass(frozen=True, slots=True)
+class _Staged:
+    """A part handed to the ingest batch; its outcome is known after the commit."""
+
+    index: int  # in the batch's outcomes
+    where: str
+    identity: tuple[str | None, str | None, str | None, str | None]
+
+
+def _stage_part(batch: IngestBatch, part: Part, study: str | None) -> PartOutcome | _Staged:
+    """Check one part and add it to the batch (runs in a worker thread); the file is consumed."""
     try:
-        return _check_and_ingest(ingestor, part, study, source)
+        return _check_and_add(batch, part, study)
     finally:
         with contextlib.suppress(OSError):
             part.path.unlink(missing_ok=True)
 
 
-def _check_and_ingest(
-    ingestor: Ingestor, part: Part, study: str | None, source: Source
-) -> PartOutcome:
+def _check_and_add(batch: IngestBatch, part: Part, study: str | None) -> PartOutcome | _Staged:
     where = f"part {part.index + 1}"
     content_type = part.content_type
     if content_type is not None:
@@ -174,7 +209,23 @@ def _check_and_ingest(
             failure=CANNOT_UNDERSTAND,
             note=f"{where}: Content-Transfer-Encoding {encoding} is not supported; send binary",
         )
-    sop_class, sop, part_study, series = _identity(part.path)
+    # The one parse of the part: ingest is handed the header rather than reading it again.
+    header: InstanceHeader | None
+    try:
+        header = read_header(part.path)
+    except InvalidInputError:
+        header = None  # ingest refuses it (and says why); the answer names what it can
+    identity: tuple[str | None, str | None, str | None, str | None]
+    if header is not None:
+        identity = (
+            header.sop_class_uid,
+            header.sop_instance_uid,
+            header.study_instance_uid,
+            header.series_instance_uid,
+        )
+    else:
+        identity = _identity(part.path)
+    sop_class, sop, part_study, series = identity
     if study is not None and part_study != study:
         return PartOutcome(
             sop_class,
@@ -193,14 +244,27 @@ def _check_and_ingest(
             failure=SOP_CLASS_NOT_SUPPORTED,
             note=f"{where}: SOP class {sop_class} is not a storage SOP class",
         )
-    try:
-        result = ingestor.accept_file(part.path, source)
-    except InvalidInputError as exc:
+    return _Staged(batch.add(part.path, header=header), where, identity)
+
+
+def _outcome(entry: PartOutcome | _Staged, results: list[Outcome], source: Source) -> PartOutcome:
+    """What the answer says about one part, once the batch is committed."""
+    if isinstance(entry, PartOutcome):
+        return entry
+    where = entry.where
+    sop_class, sop, part_study, series = entry.identity
+    result = results[entry.index]
+    if isinstance(result, InvalidInputError):
         return PartOutcome(
-            sop_class, sop, part_study, series, failure=exc.dicom_status, note=f"{where}: {exc}"
+            sop_class,
+            sop,
+            part_study,
+            series,
+            failure=result.dicom_status,
+            note=f"{where}: {result}",
         )
-    except (SpoolError, StoreError) as exc:
-        log.error("STOW-RS: could not store %s from %s: %s", where, source.who, exc)
+    if isinstance(result, (SpoolError, StoreError)):
+        log.error("STOW-RS: could not store %s from %s: %s", where, source.who, result)
         return PartOutcome(
             sop_class,
             sop,
@@ -209,8 +273,13 @@ def _check_and_ingest(
             failure=OUT_OF_RESOURCES,
             note=f"{where}: gateway storage unavailable, retry later",
         )
-    except Exception:
-        log.exception("STOW-RS: unexpected error storing %s from %s", where, source.who)
+    if isinstance(result, Exception):
+        log.error(
+            "STOW-RS: unexpected error storing %s from %s",
+            where,
+            source.who,
+            exc_info=result,
+        )
         return PartOutcome(sop_class, sop, part_study, series, failure=PROCESSING_FAILURE)
     header = result.header
     warning, note = None, None

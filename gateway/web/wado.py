@@ -34,6 +34,7 @@ from gateway.db.engine import Row
 from gateway.db.retrieve import instances_to_retrieve
 from gateway.dicom.transcode import can_transcode, to_explicit_little_endian
 from gateway.exceptions import InvalidInputError
+from gateway.headers import with_headers
 from gateway.spool import Spool
 from gateway.web import dicomjson
 from gateway.web.dicomjson import PIXEL_DATA
@@ -225,12 +226,16 @@ async def retrieve_metadata(request: Request) -> Response:
     study, series, sop = target_uids(request)
     if not accepts_json(accept_ranges(request)):
         raise WebProblem(406, f"metadata is available as {DICOM_JSON} only")
-    rows = live_rows(
-        await anyio.to_thread.run_sync(
-            lambda: instances_to_retrieve(context.db, study, series, sop, with_header=True)
-        ),
-        describe(study, series, sop),
-    )
+
+    def rows_with_headers() -> list[Row]:
+        rows = live_rows(
+            instances_to_retrieve(context.db, study, series, sop, with_header=True),
+            describe(study, series, sop),
+        )
+        with_headers(context.db, context.spool, rows)  # made on first read (gateway/headers.py)
+        return rows
+
+    rows = await anyio.to_thread.run_sync(rows_with_headers)
     base = base_url(request)
     documents = [_metadata(row, base) for row in rows]
     return JSONResponse(documents, media_type=DICOM_JSON)

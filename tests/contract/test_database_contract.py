@@ -31,8 +31,11 @@ from gateway.db.deliveries import (
     settle,
 )
 from gateway.db.events import events_for
+from gateway.db.instances import HEADER_PENDING
 from gateway.db.schema import MIGRATIONS
+from gateway.dicom.attributes import header_json
 from gateway.exceptions import StoreError
+from gateway.headers import with_headers
 from gateway.ingest import Ingestor, Source
 from gateway.report import study_trace
 from gateway.spool.filesystem import FilesystemSpool
@@ -225,6 +228,53 @@ def test_failed_commit_leaves_no_row_and_no_object(
     monkeypatch.undo()
     ingestor.accept_file(dicom_file(ingestor.staging_dir, "1.2.3.101", modality="MR"), SOURCE)
     assert count(db, "SELECT COUNT(*) FROM deliveries") == 2
+    db.close()
+
+
+@pytest.mark.parametrize("backends", PAIRS, indirect=True)
+def test_group_commit_records_each_instance_once(backends: Backends, tmp_path: Path) -> None:
+    spool, db = backends.spool(), backends.database()
+    ingestor = Ingestor(gateway_settings(tmp_path), spool, db)
+    first = dicom_file(ingestor.staging_dir, "1.2.3.102", modality="MR")
+    again = ingestor.staging_dir / "again.dcm"
+    again.write_bytes(first.read_bytes())
+    junk = ingestor.staging_dir / "junk.dcm"
+    junk.write_bytes(b"junk" * 100)
+    second = dicom_file(ingestor.staging_dir, "1.2.3.102", fill=1)
+    outcomes = ingestor.accept_files([first, junk, again, second], SOURCE)
+    assert [type(o).__name__ for o in outcomes] == [
+        "IngestResult",
+        "InvalidInputError",
+        "IngestResult",
+        "IngestResult",
+    ]
+    assert [o.outcome.value for o in outcomes if not isinstance(o, Exception)] == [
+        "stored",
+        "identical",  # the same SOP instance twice in one request: recorded once
+        "stored",
+    ]
+    assert count(db, "SELECT COUNT(*) FROM instances") == 2
+    assert count(db, "SELECT COUNT(*) FROM deliveries") == 3
+    assert count(db, "SELECT COUNT(*) FROM events WHERE kind = 'instance.received'") == 3
+    assert count(db, "SELECT COUNT(*) FROM events WHERE kind = 'instance.refused'") == 1
+    db.close()
+
+
+@pytest.mark.parametrize("backends", PAIRS, indirect=True)
+def test_header_json_is_made_from_the_spool_on_first_read(
+    backends: Backends, tmp_path: Path
+) -> None:
+    spool, db = backends.spool(), backends.database()
+    ingestor = Ingestor(gateway_settings(tmp_path), spool, db)
+    path = dicom_file(ingestor.staging_dir, "1.2.3.103")
+    expected = header_json(pydicom.dcmread(path, stop_before_pixels=True))
+    ingestor.accept_file(path, SOURCE)
+    with db.transaction(write=False) as cur:
+        rows = cur.execute("SELECT * FROM instances").fetchall()
+    assert [row["header_json"] for row in rows] == [HEADER_PENDING]
+    with_headers(db, spool, rows)
+    assert [row["header_json"] for row in rows] == [expected]
+    assert count(db, "SELECT COUNT(*) FROM instances WHERE header_json = ?", (expected,)) == 1
     db.close()
 
 

@@ -64,6 +64,26 @@ def test_open_range_reads_one_window(spool: Spool) -> None:
         spool.open_range(key, 10, 10)
 
 
+def test_deferred_puts_are_durable_after_one_sync(spool: Spool) -> None:
+    payloads = {
+        spool_key("1.2.3", f"1.2.3.{n % 2}", f"1.2.3.9.{n}"): os.urandom(1000 + n) for n in range(5)
+    }
+    stored = [
+        spool.put_deferred(stage(spool, data, f"in-{n}.dcm"), key)
+        for n, (key, data) in enumerate(payloads.items())
+    ]
+    assert [s.sha256 for s in stored] == [hashlib.sha256(d).hexdigest() for d in payloads.values()]
+    assert not any(spool.staging_dir.iterdir()), "staged files are consumed"
+    spool.sync(list(payloads))
+    spool.sync([])  # nothing to do
+    for key, data in payloads.items():
+        with spool.open(key) as stream:
+            assert stream.read() == data
+    deleted = next(iter(payloads))
+    spool.delete(deleted)  # deleting before or after the sync is fine
+    assert not spool.exists(deleted)
+
+
 def test_local_file_holds_the_bytes(spool: Spool) -> None:
     data = os.urandom(2 * 1024 * 1024)
     key = new_key()

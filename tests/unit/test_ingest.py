@@ -12,7 +12,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from gateway.config import Settings, parse_settings
 from gateway.db import open_database
 from gateway.db.deliveries import lease_batch, queue_summary
-from gateway.db.instances import IngestOutcome, instance_by_sop
+from gateway.db.instances import HEADER_PENDING, IngestOutcome, instance_by_sop
 from gateway.exceptions import InvalidInputError, StoreError
 from gateway.ingest import Ingestor, Source
 from gateway.spool.filesystem import FilesystemSpool
@@ -157,3 +157,99 @@ def test_lease_takes_one_study_and_expired_leases_come_back(
         db, "cloud", "w3", lease_seconds=60, max_instances=10, max_bytes=10**9, now=time.time() + 61
     )
     assert len(later) == 3 and all(d.attempt == 2 for d in later)
+
+
+# -- group commit (a STOW-RS request) -------------------------------------------------------------
+
+
+def spooled_files(tmp_path: Path) -> list[Path]:
+    return [p for p in (tmp_path / "spool").rglob("*.dcm") if ".incoming" not in p.parts]
+
+
+def test_batch_refuses_one_bad_part_and_stores_the_others(
+    ingestor: Ingestor, tmp_path: Path
+) -> None:
+    junk = ingestor.staging_dir / "junk.dcm"
+    junk.write_bytes(b"not a DICOM file" * 20)
+    first, second = make_file(ingestor.staging_dir), make_file(ingestor.staging_dir, modality="MR")
+    outcomes = ingestor.accept_files([first, junk, second], SOURCE)
+    assert [type(o).__name__ for o in outcomes] == [
+        "IngestResult",
+        "InvalidInputError",
+        "IngestResult",
+    ]
+    assert isinstance(outcomes[1], InvalidInputError) and outcomes[1].dicom_status == 0xC000
+    assert junk.exists(), "a refused part's file is left to the door, as with accept_file"
+    db = open_database(f"sqlite:///{tmp_path / 'gw.db'}")
+    with db.transaction(write=False) as cur:
+        kinds = [r["kind"] for r in cur.execute("SELECT kind FROM events ORDER BY id").fetchall()]
+    assert sorted(kinds) == ["instance.received", "instance.received", "instance.refused"]
+    counts = {(r["destination"], r["state"]): r["count"] for r in queue_summary(db)}
+    assert counts == {("cloud", "pending"): 1, ("pacs", "pending"): 2}
+    assert len(spooled_files(tmp_path)) == 2
+
+
+def test_batch_refuses_a_rejected_duplicate_alone(tmp_path: Path) -> None:
+    s = settings(tmp_path, ingest={"duplicate_policy": "reject"})
+    ing = Ingestor(s, FilesystemSpool(tmp_path / "spool"), open_database(s.storage.database))
+    ing.accept_file(make_file(tmp_path / "a", sop_uid="1.2.3.4.8", fill=1), SOURCE)
+    changed = make_file(tmp_path / "b", sop_uid="1.2.3.4.8", fill=2)
+    outcomes = ing.accept_files([changed, make_file(tmp_path / "c")], SOURCE)
+    assert isinstance(outcomes[0], InvalidInputError) and outcomes[0].dicom_status == 0x0111
+    assert not isinstance(outcomes[1], Exception)
+    assert outcomes[1].outcome is IngestOutcome.STORED
+    assert len(spooled_files(tmp_path)) == 2, "the refused copy is not left in the spool"
+
+
+def test_failed_group_commit_leaves_no_spool_file_and_no_row(tmp_path: Path) -> None:
+    s = settings(tmp_path)
+    db = open_database(s.storage.database)
+    ing = Ingestor(s, FilesystemSpool(tmp_path / "spool"), db)
+    with db.transaction() as cur:
+        cur.execute("DROP TABLE deliveries")  # the one commit of the batch will now fail
+    paths = [make_file(ing.staging_dir, study_uid=f"1.2.3.{n}") for n in (20, 21, 21)]
+    outcomes = ing.accept_files(paths, SOURCE)
+    assert all(isinstance(o, StoreError) for o in outcomes)
+    assert spooled_files(tmp_path) == []
+    assert list(ing.staging_dir.iterdir()) == []
+    with db.transaction(write=False) as cur:
+        assert cur.execute("SELECT COUNT(*) AS n FROM instances").fetchone() == {"n": 0}
+
+
+def test_group_commit_syncs_the_spool_once_before_the_database(tmp_path: Path) -> None:
+    s = settings(tmp_path)
+    db = open_database(s.storage.database)
+    calls: list[str] = []
+
+    class Recording(FilesystemSpool):
+        def put(self, source: Path, key: str) -> Any:
+            calls.append("put")
+            return super().put(source, key)
+
+        def put_deferred(self, source: Path, key: str) -> Any:
+            calls.append("put_deferred")
+            return super().put_deferred(source, key)
+
+        def sync(self, keys: Any) -> None:
+            calls.append(f"sync {len(keys)}")
+            with db.transaction(write=False) as cur:  # nothing is recorded before the sync
+                assert cur.execute("SELECT COUNT(*) AS n FROM instances").fetchone() == {"n": 0}
+            super().sync(keys)
+
+    ing = Ingestor(s, Recording(tmp_path / "spool"), db)
+    outcomes = ing.accept_files([make_file(ing.staging_dir) for _ in range(3)], SOURCE)
+    assert not any(isinstance(o, Exception) for o in outcomes)
+    assert calls == ["put_deferred"] * 3 + ["sync 3"]
+    calls.clear()
+    ing.accept_file(make_file(ing.staging_dir), SOURCE)
+    assert calls == ["put"], "a single instance is put durably at once"
+
+
+def test_ingest_leaves_the_header_json_to_the_first_read(
+    ingestor: Ingestor, tmp_path: Path
+) -> None:
+    result = ingestor.accept_file(make_file(ingestor.staging_dir), SOURCE)
+    row = instance_by_sop(
+        open_database(f"sqlite:///{tmp_path / 'gw.db'}"), result.header.sop_instance_uid
+    )
+    assert row is not None and row["header_json"] == HEADER_PENDING

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
+import os
 from pathlib import Path
+from typing import Any, BinaryIO
 
+import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from gateway.dicom.header import read_header
+from gateway.dicom.header import read_dataset, read_header
 from gateway.exceptions import InvalidInputError
 
 
@@ -97,3 +101,49 @@ def test_encapsulated_truncation_is_refused(tmp_path: Path) -> None:
     path.write_bytes(data[: len(data) - 100])
     with pytest.raises(InvalidInputError):
         read_header(path)
+
+
+@pytest.mark.parametrize("private_bytes", [2, 60_000, 65_300, 200_000])
+def test_headers_longer_than_the_first_read_are_read_whole(
+    tmp_path: Path, private_bytes: int
+) -> None:
+    ds = pydicom.dcmread(_write(tmp_path / "base.dcm"))
+    ds.add_new(0x00090010, "LO", "ACME")
+    ds.add_new(0x00091001, "OB", b"\x01" * private_bytes)
+    ds.StudyDescription = "AFTER THE PRIVATE VALUE"
+    path = tmp_path / "long.dcm"
+    ds.save_as(path)
+    header = read_header(path)
+    assert header.dataset.StudyDescription == "AFTER THE PRIVATE VALUE"
+    assert header.dataset[0x00091001].value == b"\x01" * private_bytes
+    assert "PixelData" not in header.dataset
+    with path.open("rb") as stream:
+        assert read_dataset(_Unseekable(stream)) == header.dataset
+
+
+def test_an_object_without_pixel_data_is_read_to_its_end(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(_write(tmp_path / "base.dcm"))
+    del ds.PixelData
+    ds.EncapsulatedDocument = os.urandom(150_001) + b"\x00"
+    path = tmp_path / "document.dcm"
+    ds.save_as(path)
+    assert len(read_header(path).dataset.EncapsulatedDocument) == 150_002
+    data = path.read_bytes()
+    path.write_bytes(data[:-10])
+    with pytest.raises(InvalidInputError):
+        read_header(path)
+
+
+class _Unseekable(io.RawIOBase):
+    """A stream like an S3 object body: read only, forward only."""
+
+    def __init__(self, inner: BinaryIO) -> None:
+        self._inner = inner
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._inner.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)

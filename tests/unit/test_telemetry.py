@@ -91,6 +91,45 @@ def test_ingest_spans_nest_under_the_current_span_and_the_context_is_stored(
     assert trace.get_current_span(stored).get_span_context().span_id == ingest.context.span_id
 
 
+def test_a_group_commit_traces_each_instance_as_its_own_ingest(
+    tmp_path: Path, telemetry: Telemetry, spans: InMemorySpanExporter
+) -> None:
+    s = settings(tmp_path)
+    db = open_database(s.storage.database)
+    ingestor = Ingestor(s, FilesystemSpool(tmp_path / "spool"), db, telemetry=telemetry)
+    bad = ingestor.staging_dir / "bad.dcm"
+    bad.write_bytes(b"not dicom")
+    paths = [make_file(ingestor.staging_dir), bad, make_file(ingestor.staging_dir)]
+    with telemetry.span("POST /studies") as request:
+        outcomes = ingestor.accept_files(paths, SOURCE)
+    finished = spans.get_finished_spans()
+    ingests = sorted(named(finished, "ingest"), key=lambda span: span.start_time or 0)
+    assert len(ingests) == 3
+    assert {parent_id(span) for span in ingests} == {request.get_span_context().span_id}
+    assert [span.status.status_code for span in ingests] == [
+        trace.StatusCode.UNSET,
+        trace.StatusCode.ERROR,
+        trace.StatusCode.UNSET,
+    ]
+    for name, count in (("routing", 2), ("spool write", 2), ("database commit", 2)):
+        children = named(finished, name)
+        assert len(children) == count
+        assert {parent_id(c) for c in children} == {
+            ingests[0].context.span_id,
+            ingests[2].context.span_id,
+        }
+    for outcome, span in zip(outcomes, ingests, strict=True):
+        if isinstance(outcome, Exception):
+            continue
+        assert span.attributes is not None
+        assert span.attributes["dicom.sop_instance_uid"] == outcome.header.sop_instance_uid
+        row = instance_by_sop(db, outcome.header.sop_instance_uid)
+        assert row is not None
+        stored = context_from_traceparent(row["trace_context"])
+        assert stored is not None
+        assert trace.get_current_span(stored).get_span_context().span_id == span.context.span_id
+
+
 def test_ingest_continues_an_explicit_traceparent(
     tmp_path: Path, telemetry: Telemetry, spans: InMemorySpanExporter
 ) -> None:
