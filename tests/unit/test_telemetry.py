@@ -489,3 +489,23 @@ def test_metrics_route_needs_admin_unless_configured_public(tmp_path: Path) -> N
     assert scope(endpoints()) == "gateway.admin"
     assert scope(endpoints(settings(tmp_path))) == "gateway.admin"
     assert scope(endpoints(settings(tmp_path, telemetry={"metrics_public": True}))) == PUBLIC
+
+
+def test_without_a_span_exporter_spans_keep_ids_but_record_only_sampled_upstreams() -> None:
+    telemetry = Telemetry.from_environment(
+        service_version="test", instance_id="unit", environ={"OTEL_TRACES_EXPORTER": "none"}
+    )
+    try:
+        with telemetry.span("DIMSE C-STORE") as root:
+            assert not root.is_recording()  # nobody would see it: no cost
+            assert root.get_span_context().is_valid  # but logs and traceparent get ids
+            with telemetry.span("ingest") as child:
+                assert child.get_span_context().trace_id == root.get_span_context().trace_id
+        sampled = context_from_traceparent(
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        )
+        with telemetry.span("ingest", parent=sampled) as joined:
+            assert joined.is_recording()  # an upstream's sampled trace is carried on
+            assert traceparent_of(joined).endswith("-01")  # type: ignore[union-attr]
+    finally:
+        telemetry.shutdown()
