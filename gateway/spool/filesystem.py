@@ -26,7 +26,7 @@ from gateway.exceptions import SpoolError
 from gateway.spool.base import StoredObject
 
 _CHUNK = 1024 * 1024
-_HASH_IN_PARALLEL = 4 * 1024 * 1024  # below this a helper thread costs more than it saves
+_HASH_IN_PARALLEL = 256 * 1024  # below this a helper thread costs more than it saves
 _KEY = re.compile(r"[A-Za-z0-9._/-]{1,512}")
 
 
