@@ -18,7 +18,7 @@ import re
 import shutil
 import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -40,6 +40,8 @@ class FilesystemSpool:
         self._syncer = ThreadPoolExecutor(max_workers=16, thread_name_prefix="spool-sync")
         # put_deferred key -> folders whose entries changed for it, until `sync` flushes them
         self._unsynced: dict[str, set[Path]] = {}
+        # put_deferred key -> the fsync of its file, started early for large objects
+        self._flushing: dict[str, Future[None]] = {}
         self._lock = threading.Lock()
         try:
             self._staging.mkdir(parents=True, exist_ok=True)
@@ -64,21 +66,56 @@ class FilesystemSpool:
         return stored
 
     def put_deferred(self, source: Path, key: str) -> StoredObject:
-        stored, folders = self._place(source, key, flush=False)
+        stored, folders, flushing = self._place_deferred(source, key)
         with self._lock:
             self._unsynced[key] = folders
+            if flushing is not None:
+                self._flushing[key] = flushing
         return stored
 
     def sync(self, keys: Sequence[str]) -> None:
         # Every object and every folder it changed, each fsynced once and side by side: the
         # filesystem journals concurrent fsyncs together, so a group costs about one flush.
         paths: set[Path] = set()
+        flushing: list[Future[None]] = []
         with self._lock:
             for key in keys:
                 if key in self._unsynced:
-                    paths.add(self._path(key))
+                    early = self._flushing.pop(key, None)
+                    if early is None:
+                        paths.add(self._path(key))
+                    else:
+                        flushing.append(early)
                     paths.update(self._unsynced.pop(key))
+        try:
+            for early in flushing:
+                early.result()
+        except OSError as exc:
+            raise SpoolError(
+                f"cannot make {len(keys)} object(s) durable in the spool: {exc.strerror}"
+            ) from exc
         self._sync(sorted(paths), f"{len(keys)} object(s)")
+
+    def _place_deferred(
+        self, source: Path, key: str
+    ) -> tuple[StoredObject, set[Path], Future[None] | None]:
+        """`_place` without the flush, but a large file's fsync starts now, beside the hash.
+
+        Both release the GIL, so a 210 MB STOW-RS part is hashed while the disk flushes
+        instead of before (`sync` then waits for that fsync and flushes the folders).
+        """
+        if source.stat().st_size < _HASH_IN_PARALLEL:
+            stored, folders = self._place(source, key, flush=False)
+            return stored, folders, None
+        fd = os.open(source, os.O_RDONLY)
+        flushing = self._syncer.submit(_fsync_and_close, fd)
+        try:
+            stored, folders = self._place(source, key, flush=False)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                flushing.result()
+            raise
+        return stored, folders, flushing
 
     def _place(self, source: Path, key: str, *, flush: bool) -> tuple[StoredObject, set[Path]]:
         """Hash, (flush) and rename `source` to `key`; return it and the folders to fsync."""
@@ -152,6 +189,7 @@ class FilesystemSpool:
         path = self._path(key)
         with self._lock:
             self._unsynced.pop(key, None)
+            self._flushing.pop(key, None)  # runs to its end on its own; nobody waits
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         for folder in (path.parent, path.parent.parent):
@@ -241,6 +279,13 @@ def _copy_durably(source: Path, target: Path) -> None:
         writer.flush()
         os.fsync(writer.fileno())
     os.replace(partial, target)
+
+
+def _fsync_and_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_path(path: Path) -> None:

@@ -68,6 +68,10 @@ def test_deferred_puts_are_durable_after_one_sync(spool: Spool) -> None:
     payloads = {
         spool_key("1.2.3", f"1.2.3.{n % 2}", f"1.2.3.9.{n}"): os.urandom(1000 + n) for n in range(5)
     }
+    # and objects large enough to be flushed early, beside their hash
+    payloads.update(
+        {spool_key("1.2.3", "1.2.3.2", f"1.2.3.9.{n}"): os.urandom(300_000 + n) for n in (7, 8)}
+    )
     stored = [
         spool.put_deferred(stage(spool, data, f"in-{n}.dcm"), key)
         for n, (key, data) in enumerate(payloads.items())
