@@ -6,15 +6,15 @@
 A fresh gateway process ingests the scenario's data from storescu (as in ``python -m bench``)
 while ``py-spy record --pid`` samples it; ``--passes`` such runs for on-CPU samples, as many
 with idle threads included (``--idle``), stacks summed. Each sampled stack is assigned one
-cost by its deepest frame that is ours (``gateway/...``: header parse, structure walk,
-sha256, fsync, SQLite commit...) or else pynetdicom's (polling sleeps, socket reads, PDU
-decode, writing the received fragments...), reading the sampled source line to tell e.g.
-``os.fsync`` from ``digest.update`` in the same function. Three views:
+cost by its deepest frame that is ours (``gateway/...``: receive loop, header parse,
+structure walk, sha256, fsync, SQLite commit...) or else the library's, reading the sampled
+source line to tell e.g. ``os.fsync`` from ``digest.update`` in the same function. Views:
 
 * **CPU**: every thread's on-CPU samples (where the two cores' time goes);
-* **association thread, wall**: the thread that runs our C-STORE handler, idle included: the
-  split of the time between two acknowledgements;
-* **DUL thread, wall**: pynetdicom's socket reader, which receives the next data set.
+* **association thread, wall**: the thread that receives the data set and runs ingest, idle
+  included: the split of the time between two acknowledgements;
+* **DUL thread, wall**: only for a gateway built on pynetdicom's acceptor (before the
+  listener's own association loop), its socket reader.
 
 Writes ``bench/results/profile-<scenario>.json`` (rendered into docs/benchmarks.md by
 ``python -m bench.report``) and keeps py-spy's raw stacks next to it

@@ -229,6 +229,13 @@ def _markdown(docstring: str) -> str:
 
 def _profile(profile: dict[str, Any]) -> list[str]:
     samples = profile.get("samples", {})
+    rows = profile.get("categories", [])
+    # Since the listener's own association loop, one thread receives and handles: no DUL view.
+    views = ["cpu_share", "association_wall_share"]
+    heads = ["CPU (all threads)", "association thread, wall"]
+    if samples.get("dul") and any(row.get("dul_wall_share", 0.0) >= 0.001 for row in rows):
+        views.append("dul_wall_share")
+        heads.append("DUL thread, wall")
     out = [
         f"### Profile: {profile['scenario']} ({profile.get('date', '')})",
         "",
@@ -237,16 +244,13 @@ def _profile(profile: dict[str, Any]) -> list[str]:
         f"{profile.get('megabytes')} MB, in {_fmt(profile.get('seconds'))} s per pass under py-spy "
         f"at {profile.get('rate')} Hz, {profile.get('passes', 1)} passes per view. "
         f"Samples: {samples.get('cpu')} on CPU (all threads), "
-        f"{samples.get('association')} of the association thread and {samples.get('dul')} of "
-        "the DUL thread (wall, idle included).",
+        f"{samples.get('association')} of the association thread (wall, idle included).",
         "",
-        "| where | cost | CPU (all threads) | association thread, wall | DUL thread, wall |",
-        "|---|---|---:|---:|---:|",
+        "| where | cost | " + " | ".join(heads) + " |",
+        "|---|---|" + "---:|" * len(heads),
     ]
-    for row in profile.get("categories", []):
-        shares = [
-            row.get(k, 0.0) for k in ("cpu_share", "association_wall_share", "dul_wall_share")
-        ]
+    for row in rows:
+        shares = [row.get(k, 0.0) for k in views]
         if max(shares) < 0.001:
             continue
         cells = " | ".join(f"{share * 100:.1f} %" for share in shares)

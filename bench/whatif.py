@@ -1,12 +1,12 @@
 """What would removing one cost buy? C-STORE ingest with a cost switched off, vs the baseline.
 
     python -m bench.whatif [--scenario cstore-ct|cstore-tiny] [--repeat 3] [--quick]
-                           [--variants baseline,nofsync,sqlite-normal,fastpoll,...]
+                           [--variants baseline,nofsync,sqlite-normal,...]
 
 The profile (``bench.profile``) says where samples land; this says what the throughput would
 be without a cost, which is what a proposal is worth. Each variant is a fresh gateway started
 with switches from ``bench/whatif_patches/sitecustomize.py`` (``nofsync``, ``sqlite-normal``,
-``fastpoll``; ``a+b`` combines them), run interleaved with the baseline (``--repeat``
+``a+b`` combines them), run interleaved with the baseline (``--repeat``
 rounds, order rotated), medians reported as a ratio to the baseline. The switches remove
 durability on purpose and exist only to price it; nothing in ``gateway/`` changes.
 
@@ -41,8 +41,6 @@ DEFAULT_VARIANTS = (
     "nofsync",
     "sqlite-normal",
     "nofsync+sqlite-normal",
-    "fastpoll",
-    "nofsync+sqlite-normal+fastpoll",
 )
 
 

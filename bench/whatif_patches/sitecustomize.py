@@ -8,7 +8,6 @@ when ``BENCH_WHATIF`` is unset, and no gateway code is changed on disk.
 
 * ``nofsync``: ``os.fsync`` does nothing (the spool's file and folder fsyncs).
 * ``sqlite-normal``: ``PRAGMA synchronous=FULL`` becomes ``NORMAL`` (WAL commits not fsynced).
-* ``fastpoll``: pynetdicom's 1 ms reactor sleeps (DUL and association loops) become 0.1 ms.
 """
 
 from __future__ import annotations
@@ -16,8 +15,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import sys
-import time
-import types
 
 _SWITCHES = {s.strip() for s in os.environ.get("BENCH_WHATIF", "").split(",") if s.strip()}
 
@@ -42,25 +39,7 @@ def _sqlite_normal() -> None:
     sqlite3.connect = connect  # type: ignore[assignment]
 
 
-def _fastpoll() -> None:
-    import pynetdicom.association as association
-    import pynetdicom.dul as dul
-
-    shim = types.ModuleType("time")
-    shim.__dict__.update(time.__dict__)
-    real_sleep = time.sleep
-    shim.sleep = lambda seconds: real_sleep(seconds / 10 if seconds == 0.001 else seconds)
-    association.time = shim  # type: ignore[attr-defined]
-    original_init = dul.DULServiceProvider.__init__
-
-    def init(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        original_init(self, *args, **kwargs)
-        self._run_loop_delay = 0.0001
-
-    dul.DULServiceProvider.__init__ = init  # type: ignore[method-assign]
-
-
-_APPLY = {"nofsync": _nofsync, "sqlite-normal": _sqlite_normal, "fastpoll": _fastpoll}
+_APPLY = {"nofsync": _nofsync, "sqlite-normal": _sqlite_normal}
 
 for _name in sorted(_SWITCHES):
     if _name not in _APPLY:
