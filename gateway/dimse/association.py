@@ -144,6 +144,7 @@ class AssociationLoop:
         self._reader = pdu.PduReader(sock, max(limits.max_pdu, PDU_LIMIT_FLOOR) + 1024)
         self._association: Association | None = None
         self._message: _Message | None = None
+        self._spare: tuple[int, Path] | None = None  # the next C-STORE's staging file
 
     def run(self) -> None:
         how = "closed"
@@ -173,6 +174,13 @@ class AssociationLoop:
             log.warning("DIMSE connection from %s failed: %s", self._who(), exc)
         finally:
             self._discard_message()
+            if self._spare is not None:
+                fd, path = self._spare
+                self._spare = None
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                with contextlib.suppress(OSError):
+                    path.unlink()
             if self._association is not None:
                 self._services.ended(self._association, how)
             with contextlib.suppress(OSError):
@@ -322,8 +330,11 @@ class AssociationLoop:
         return None
 
     def _open_staging_file(self, message: _Message, command: Command) -> None:
-        path = self._staging_dir / f"dimse-{uuid.uuid4().hex}.dcm"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        if self._spare is not None:
+            fd, path = self._spare
+            self._spare = None
+        else:
+            fd, path = self._create_staging_file()
         message.file, message.path = fd, path
         try:
             _write_all(
@@ -366,6 +377,19 @@ class AssociationLoop:
         self._sock.sendall(
             pdu.p_data_tf(message.context.context_id, encode_response(command, status, comment))
         )
+        if command.command_field == C_STORE_RQ and self._spare is None:
+            # While the peer reads this answer and sends its next request, create the next
+            # staging file: creating a file cost ~0.1 ms of the time between two C-STOREs
+            # (bench.profile), and that wait is now spent where we would idle anyway.
+            try:
+                self._spare = self._create_staging_file()
+            except OSError as exc:
+                log.warning("cannot prepare a staging file in %s: %s", self._staging_dir, exc)
+
+    def _create_staging_file(self) -> tuple[int, Path]:
+        path = self._staging_dir / f"dimse-{uuid.uuid4().hex}.dcm"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        return fd, path
 
     def _discard_message(self) -> None:
         if self._message is not None:
