@@ -215,17 +215,31 @@ async def single_part(
 
 async def _drain(collector: _Collector, staging_dir: Path) -> list[Part]:
     """Write buffered data to staging files; return the parts that are now complete."""
-    ready: list[Part] = []
+    if not any(state.finished or state.pending_bytes >= _FLUSH_BYTES for state in collector.parts):
+        return []
+    # One worker-thread hop for everything this chunk finished: a chunk of a STOW-RS body
+    # often holds several small parts, and two hops per part (write, close) cost more than
+    # the writes themselves (issue 7).
+    return await anyio.to_thread.run_sync(_write_out, collector, staging_dir)
+
+
+def _write_out(collector: _Collector, staging_dir: Path) -> list[Part]:
     for state in collector.parts:
         if state.finished or state.pending_bytes >= _FLUSH_BYTES:
-            await anyio.to_thread.run_sync(_flush, state, staging_dir)
+            _flush(state, staging_dir)
+    ready: list[Part] = []
     while collector.parts and collector.parts[0].finished:
-        state = collector.parts.pop(0)
+        state = collector.parts[0]
         try:
-            await anyio.to_thread.run_sync(_close, state, staging_dir)
+            _close(state, staging_dir)
         except BaseException:
+            collector.parts.pop(0)
             _discard(state)
+            for part in ready:  # complete, but the caller never sees them
+                with contextlib.suppress(OSError):
+                    part.path.unlink()
             raise
+        collector.parts.pop(0)
         assert state.path is not None
         ready.append(
             Part(index=state.index, headers=state.headers, path=state.path, size=state.size)
