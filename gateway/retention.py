@@ -3,13 +3,17 @@
 An instance's bytes are purged once none of its deliveries is pending, leased or dead (a dead
 delivery can still be retried by an operator) and `storage.retention_hours` have passed since
 it was received. Superseded versions are deleted after a grace period longer than a lease.
+Files left in the staging folder by a crash (a data set cut off mid-receive, a prepared
+staging file) are removed once nothing has written to them for a day.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
+from pathlib import Path
 
 from gateway.db import Database
 from gateway.exceptions import SpoolError
@@ -59,3 +63,29 @@ def purge_expired(
             "purged %d expired instance(s) and %d superseded object(s)", len(rows), len(garbage)
         )
     return len(rows)
+
+
+STAGING_LEFTOVER_SECONDS = 24 * 3600.0
+
+
+def sweep_staging(staging_dir: Path, *, older_than: float = STAGING_LEFTOVER_SECONDS) -> int:
+    """Remove staging files nothing has written to for `older_than` seconds; return the count.
+
+    Never acknowledged, so never anyone's data: a receive in progress writes (and an open
+    association's prepared file lives at most `dimse.network_timeout`), far below a day.
+    """
+    cutoff = time.time() - older_than
+    removed = 0
+    try:
+        entries = list(os.scandir(staging_dir))
+    except OSError as exc:
+        log.warning("cannot list the staging folder %s: %s", staging_dir, exc.strerror)
+        return 0
+    for entry in entries:
+        with contextlib.suppress(OSError):
+            if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed += 1
+    if removed:
+        log.info("removed %d leftover file(s) from the staging folder %s", removed, staging_dir)
+    return removed

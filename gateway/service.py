@@ -25,7 +25,7 @@ from gateway.forward.factory import make_sender
 from gateway.forward.traced import TracedSender
 from gateway.forward.worker import DeliveryWorker
 from gateway.ingest import Ingestor, IngestResult
-from gateway.retention import purge_expired
+from gateway.retention import STAGING_LEFTOVER_SECONDS, purge_expired, sweep_staging
 from gateway.spool import Spool, open_spool
 from gateway.telemetry import Telemetry
 
@@ -173,6 +173,12 @@ class Gateway:
             try:
                 purge_expired(
                     self.db, self.spool, retention_hours=self.settings.storage.retention_hours
+                )
+                sweep_staging(
+                    self.spool.staging_dir,
+                    older_than=max(
+                        STAGING_LEFTOVER_SECONDS, 2 * self.settings.dimse.network_timeout
+                    ),
                 )
             except Exception:
                 log.exception("housekeeping failed; will try again")
