@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from gateway.config import Settings, parse_settings
 from gateway.db import Database, open_database
@@ -24,6 +22,7 @@ from gateway.forward.base import Outcome, OutgoingInstance, SendResult
 from gateway.forward.worker import DeliveryWorker
 from gateway.ingest import Ingestor, Source
 from gateway.spool.filesystem import FilesystemSpool
+from tests.unit.test_ingest import make_file
 
 SOURCE = Source(door="dimse", calling_ae="CT1", called_ae="GATEWAY", peer="127.0.0.1")
 BIG = 10**12
@@ -110,23 +109,7 @@ def gateway(tmp_path: Path) -> Iterator[Gateway]:
 
 
 def dicom_file(folder: Path, study_uid: str) -> Path:
-    ds = Dataset()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = study_uid + ".1"
-    ds.Modality = "CT"
-    ds.PatientName = "DOE^JANE"
-    ds.BitsAllocated = 8
-    ds.PixelData = b"\0" * 32
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{ds.SOPInstanceUID}.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return make_file(folder, study_uid=study_uid)
 
 
 def settlement(delivery_id: int, state: str = "delivered") -> Settlement:
