@@ -95,6 +95,7 @@ class Telemetry:
         )
         self.metrics = metrics if metrics is not None else GatewayMetrics.disabled()
         self._instrumented_httpx = False
+        self._unsampled_children_free = False
 
     @classmethod
     def disabled(cls) -> Telemetry:
@@ -121,9 +122,8 @@ class Telemetry:
         resource = _resource(service_version, instance_id)
         # shutdown_on_exit=False: `shutdown()` bounds the final flush; an atexit flush would not.
         exporters = _span_exporters(env)
-        tracer_provider = TracerProvider(
-            resource=resource, shutdown_on_exit=False, sampler=_sampler(env, exporters)
-        )
+        sampler = _sampler(env, exporters)
+        tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False, sampler=sampler)
         for exporter in exporters:
             # Bounded queue (OTEL_BSP_MAX_QUEUE_SIZE, 2048) on a background thread: a slow
             # or absent collector drops spans instead of slowing ingest.
@@ -135,7 +135,13 @@ class Telemetry:
             resource=resource, metric_readers=readers, shutdown_on_exit=False
         )
         metrics = GatewayMetrics(meter_provider.get_meter("gateway"), registry)
-        return cls(tracer_provider=tracer_provider, meter_provider=meter_provider, metrics=metrics)
+        telemetry = cls(
+            tracer_provider=tracer_provider, meter_provider=meter_provider, metrics=metrics
+        )
+        # Under parentbased_always_off a child of an unsampled span is never sampled: hand out
+        # the parent's context instead of asking the SDK for a span nobody will record.
+        telemetry._unsampled_children_free = sampler is not None
+        return telemetry
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -214,9 +220,10 @@ class Telemetry:
         attributes: Mapping[str, AttributeValue | None] | None = None,
     ) -> Iterator[Span]:
         """A current span; an exception marks it as an error and propagates unchanged."""
-        if self.tracer_provider is None:
-            # Telemetry off: what the no-op tracer would hand out (the parent's context in a
-            # span that records nothing), without its context switches.
+        if self.tracer_provider is None or self._unsampled_child(parent):
+            # Telemetry off (or a child that cannot be sampled): what the no-op tracer would
+            # hand out (the parent's context in a span that records nothing), without its
+            # context switches.
             span = _not_recording(parent)
             if parent is None:
                 yield span
@@ -247,11 +254,17 @@ class Telemetry:
         For work whose spans overlap rather than nest: a STOW-RS request's instances are each
         traced from their arrival until the one commit that makes them all durable.
         """
-        if self.tracer_provider is None:
+        if self.tracer_provider is None or self._unsampled_child(parent):
             return _not_recording(parent)
         return self.tracer.start_span(
             name, context=parent, attributes=clean(attributes) if attributes else None
         )
+
+    def _unsampled_child(self, parent: Context | None) -> bool:
+        if not self._unsampled_children_free:
+            return False
+        context = trace.get_current_span(parent).get_span_context()
+        return context.is_valid and not context.trace_flags.sampled
 
 
 def _not_recording(parent: Context | None) -> Span:
