@@ -17,6 +17,7 @@ from pathlib import Path
 
 from gateway.db import Database
 from gateway.exceptions import SpoolError
+from gateway.headers import with_headers
 from gateway.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,8 @@ def purge_expired(
     cutoff = moment - retention_hours * 3600
     with db.transaction(write=False) as cur:
         rows = cur.execute(
-            "SELECT i.id, i.spool_key FROM instances i WHERE i.purged_at IS NULL "
+            "SELECT i.id, i.spool_key, i.header_json, i.purged_at FROM instances i "
+            "WHERE i.purged_at IS NULL "
             "AND i.received_at <= ? AND NOT EXISTS (SELECT 1 FROM deliveries d "
             "WHERE d.instance_id = i.id AND d.state IN ('pending', 'leased', 'dead')) "
             "ORDER BY i.id LIMIT ?",
@@ -42,6 +44,9 @@ def purge_expired(
             "SELECT spool_key FROM spool_garbage WHERE delete_after <= ? LIMIT ?",
             (moment, _BATCH),
         ).fetchall()
+    # A header still to be made from the bytes (gateway/headers.py) is made now, or QIDO-RS
+    # could only ever answer the indexed attributes of a purged instance.
+    with_headers(db, spool, rows)
     for row in rows:
         with db.transaction() as cur:
             # Re-check inside the write transaction: a replacement may have arrived meanwhile.

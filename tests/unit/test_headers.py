@@ -19,6 +19,7 @@ from gateway.db.instances import HEADER_PENDING
 from gateway.dicom.attributes import header_json
 from gateway.headers import with_headers
 from gateway.ingest import Ingestor, Source
+from gateway.retention import purge_expired
 from gateway.spool.filesystem import FilesystemSpool
 
 SOURCE = Source(door="stowrs", peer="127.0.0.1")
@@ -153,3 +154,18 @@ def test_a_replaced_instance_gets_the_new_header(
     assert rows(db)[0]["header_json"] == HEADER_PENDING, "... does not save the old header"
     with_headers(db, spool, [row])
     assert "OTHER^NAME" in row["header_json"]
+
+
+def test_retention_makes_the_header_before_it_purges_the_bytes(
+    gateway: tuple[Ingestor, Database, FilesystemSpool], tmp_path: Path
+) -> None:
+    ingestor, db, spool = gateway
+    original = made_file(tmp_path / "in")
+    staged = ingestor.staging_dir / original.name
+    shutil.copyfile(original, staged)
+    result = ingestor.accept_file(staged, SOURCE)  # routed nowhere: nothing holds it back
+    assert purge_expired(db, spool, retention_hours=0) == 1
+    [row] = rows(db)
+    assert row["purged_at"] is not None and not spool.exists(str(row["spool_key"]))
+    assert row["header_json"] == as_ingest_made_it(original)
+    assert result.header.sop_instance_uid == row["sop_instance_uid"]
