@@ -10,8 +10,9 @@ Configured like any OpenTelemetry service, by the standard environment variables
 `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_EXPORTER` and
 `OTEL_METRICS_EXPORTER` (`otlp`, `console`, `none`, comma-separated), `OTEL_EXPORTER_OTLP_*`
 (endpoint, protocol `http/protobuf` or `grpc`, headers, timeout, ...), `OTEL_TRACES_SAMPLER`,
-`OTEL_BSP_*`, `OTEL_METRIC_EXPORT_INTERVAL`, `OTEL_SDK_DISABLED`. With no exporter variable and
-no OTLP endpoint set, nothing is exported, but spans are still made so logs carry trace ids,
+`OTEL_BSP_*`, `OTEL_METRIC_EXPORT_INTERVAL`, `OTEL_SDK_DISABLED` (read in
+gateway/otel_environment.py). With no exporter variable and no OTLP endpoint set, nothing is
+exported and spans record nothing, but they still carry trace ids, so logs show them,
 `trace STUDY_UID` can name them and downstream gateways continue the trace.
 
 Telemetry never stops the gateway: spans leave through a bounded batch queue on a background
@@ -38,15 +39,20 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CollectorRegistry
 
 from gateway.metrics import GatewayMetrics
+from gateway.otel_environment import (
+    metric_readers,
+    prometheus_reader,
+    resource_for,
+    sampler_for,
+    span_exporters,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +72,7 @@ DOOR = "gateway.door"
 OUTCOME = "gateway.outcome"
 INSTANCES = "gateway.instances"
 
-SERVICE_NAME_DEFAULT = "dicom-gateway"
-_EXPORT_TIMEOUT_SECONDS = 5.0
 _SHUTDOWN_SECONDS = 5.0
-_GRPC_HINT = "OTLP over gRPC needs `pip install opentelemetry-exporter-otlp-proto-grpc`"
 _TRACECONTEXT = TraceContextTextMapPropagator()
 _HTTP_EXCLUDED = r"/healthz$,/readyz$,/metrics$"
 
@@ -119,18 +122,18 @@ class Telemetry:
         if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
             log.info("OpenTelemetry disabled by OTEL_SDK_DISABLED")
             return cls()
-        resource = _resource(service_version, instance_id)
+        resource = resource_for(service_version, instance_id)
         # shutdown_on_exit=False: `shutdown()` bounds the final flush; an atexit flush would not.
-        exporters = _span_exporters(env)
-        sampler = _sampler(env, exporters)
+        exporters = span_exporters(env)
+        sampler = sampler_for(env, exporters)
         tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False, sampler=sampler)
         for exporter in exporters:
             # Bounded queue (OTEL_BSP_MAX_QUEUE_SIZE, 2048) on a background thread: a slow
             # or absent collector drops spans instead of slowing ingest.
             tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
         registry = CollectorRegistry(auto_describe=False)
-        readers: list[MetricReader] = [_prometheus_reader(registry)]
-        readers.extend(_metric_readers(env))
+        readers: list[MetricReader] = [prometheus_reader(registry)]
+        readers.extend(metric_readers(env))
         meter_provider = MeterProvider(
             resource=resource, metric_readers=readers, shutdown_on_exit=False
         )
@@ -337,162 +340,3 @@ def trace_id_of(traceparent: str | None) -> str | None:
 
 
 # -- configuration from the environment ------------------------------------------------------------
-
-
-def _sampler(env: Mapping[str, str], exporters: Sequence[SpanExporter]) -> Sampler | None:
-    """Without a span exporter, record only what an upstream sampled; None: the SDK's choice.
-
-    Unexported spans are pure cost (about a tenth of a 10 KB C-STORE's CPU, issue 7), but trace
-    ids still matter without an exporter: log lines, `dicom-gateway trace` and the traceparent
-    sent downstream carry them. `parentbased_always_off` keeps all of that (a root span gets
-    ids, not a recording), and still records and passes on a trace an upstream sampled, so a
-    gateway without an exporter in the middle of a chain does not cut the chain.
-    `OTEL_TRACES_SAMPLER` set explicitly wins.
-    """
-    if exporters or env.get("OTEL_TRACES_SAMPLER", "").strip():
-        return None
-    return ParentBased(ALWAYS_OFF)
-
-
-def _resource(service_version: str, instance_id: str) -> Resource:
-    resource = Resource.create(
-        {"service.version": service_version, "service.instance.id": instance_id}
-    )
-    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
-        resource = resource.merge(Resource({"service.name": SERVICE_NAME_DEFAULT}))
-    return resource
-
-
-def _exporter_names(env: Mapping[str, str], signal: str) -> list[str]:
-    """`OTEL_<signal>_EXPORTER`; unset means otlp if an OTLP endpoint is set, else none."""
-    raw = env.get(f"OTEL_{signal}_EXPORTER")
-    if raw is None or not raw.strip():
-        endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get(
-            f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"
-        )
-        return ["otlp"] if endpoint else []
-    names = [name.strip().lower() for name in raw.split(",") if name.strip()]
-    return [] if "none" in names else names
-
-
-def _protocol(env: Mapping[str, str], signal: str) -> str:
-    return (
-        env.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")
-        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or "http/protobuf"
-    ).strip()
-
-
-def _timeout(env: Mapping[str, str], signal: str) -> float | None:
-    """None lets the exporter read OTEL_EXPORTER_OTLP_*TIMEOUT; else our short default."""
-    if env.get(f"OTEL_EXPORTER_OTLP_{signal}_TIMEOUT") or env.get("OTEL_EXPORTER_OTLP_TIMEOUT"):
-        return None
-    return _EXPORT_TIMEOUT_SECONDS
-
-
-def _span_exporters(env: Mapping[str, str]) -> list[SpanExporter]:
-    exporters: list[SpanExporter] = []
-    for name in _exporter_names(env, "TRACES"):
-        try:
-            exporter = _span_exporter(name, env)
-        except Exception as exc:  # a bad exporter setting must not stop the gateway
-            log.error("telemetry: trace exporter %r not started: %s", name, exc)
-            continue
-        if exporter is not None:
-            exporters.append(exporter)
-    return exporters
-
-
-def _span_exporter(name: str, env: Mapping[str, str]) -> SpanExporter | None:
-    if name == "console":
-        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
-
-        return ConsoleSpanExporter()
-    if name != "otlp":
-        log.error(
-            "telemetry: OTEL_TRACES_EXPORTER %r is not supported; use otlp, console, none", name
-        )
-        return None
-    protocol = _protocol(env, "TRACES")
-    if protocol == "http/protobuf":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        return OTLPSpanExporter(timeout=_timeout(env, "TRACES"))
-    if protocol == "grpc":
-        try:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found]
-                OTLPSpanExporter as GrpcSpanExporter,
-            )
-        except ImportError:
-            log.error(
-                "telemetry: %s; traces are not exported (or set "
-                "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf)",
-                _GRPC_HINT,
-            )
-            return None
-        exporter: SpanExporter = GrpcSpanExporter(timeout=_timeout(env, "TRACES"))
-        return exporter
-    log.error(
-        "telemetry: OTEL_EXPORTER_OTLP_PROTOCOL %r is not supported; use http/protobuf or grpc",
-        protocol,
-    )
-    return None
-
-
-def _metric_readers(env: Mapping[str, str]) -> list[MetricReader]:
-    from opentelemetry.sdk.metrics.export import (
-        ConsoleMetricExporter,
-        MetricExporter,
-        PeriodicExportingMetricReader,
-    )
-
-    readers: list[MetricReader] = []
-    for name in _exporter_names(env, "METRICS"):
-        exporter: MetricExporter | None = None
-        try:
-            if name == "prometheus":
-                continue  # /metrics is always served; nothing to add
-            if name == "console":
-                exporter = ConsoleMetricExporter()
-            elif name == "otlp":
-                exporter = _otlp_metric_exporter(env)
-            else:
-                log.error(
-                    "telemetry: OTEL_METRICS_EXPORTER %r is not supported; "
-                    "use otlp, console, prometheus, none",
-                    name,
-                )
-        except Exception as exc:
-            log.error("telemetry: metric exporter %r not started: %s", name, exc)
-        if exporter is not None:
-            readers.append(PeriodicExportingMetricReader(exporter))
-    return readers
-
-
-def _otlp_metric_exporter(env: Mapping[str, str]) -> Any:
-    protocol = _protocol(env, "METRICS")
-    if protocol == "http/protobuf":
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-
-        return OTLPMetricExporter(timeout=_timeout(env, "METRICS"))
-    if protocol == "grpc":
-        try:
-            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (  # type: ignore[import-not-found]
-                OTLPMetricExporter as GrpcMetricExporter,
-            )
-        except ImportError:
-            log.error("telemetry: %s; metrics are not exported over OTLP", _GRPC_HINT)
-            return None
-        return GrpcMetricExporter(timeout=_timeout(env, "METRICS"))
-    log.error("telemetry: OTEL_EXPORTER_OTLP_PROTOCOL %r is not supported", protocol)
-    return None
-
-
-def _prometheus_reader(registry: CollectorRegistry) -> MetricReader:
-    from opentelemetry.exporter.prometheus import PrometheusMetricReader
-
-    # No target_info or scope labels: the scrape config names the job and instance, and the
-    # scope is always "gateway".
-    return PrometheusMetricReader(
-        disable_target_info=True, scope_info_enabled=False, registry=registry
-    )

@@ -24,10 +24,10 @@ def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: st
     elements = b"".join(
         (
             _LONG.pack(0x0002, 0x0001, b"OB", 2) + b"\x00\x01",
-            _short(0x0002, b"UI", _uid(sop_class_uid)),
-            _short(0x0003, b"UI", _uid(sop_instance_uid)),
-            _short(0x0010, b"UI", _uid(transfer_syntax_uid)),
-            _short(0x0012, b"UI", _uid(PYNETDICOM_IMPLEMENTATION_UID)),
+            _short(0x0002, b"UI", encode_uid(sop_class_uid)),
+            _short(0x0003, b"UI", encode_uid(sop_instance_uid)),
+            _short(0x0010, b"UI", encode_uid(transfer_syntax_uid)),
+            _short(0x0012, b"UI", encode_uid(PYNETDICOM_IMPLEMENTATION_UID)),
             _short(0x0013, b"SH", _text(PYNETDICOM_IMPLEMENTATION_VERSION)),
         )
     )
@@ -39,7 +39,8 @@ def _short(element: int, vr: bytes, value: bytes) -> bytes:
     return _SHORT.pack(0x0002, element, vr, len(value)) + value
 
 
-def _uid(value: str) -> bytes:
+def encode_uid(value: str) -> bytes:
+    """A UI value: ASCII, NUL-padded to even length (PS3.5 §6.2)."""
     raw = value.encode("ascii", errors="replace")[:64]
     return raw + b"\x00" if len(raw) % 2 else raw
 

@@ -71,7 +71,6 @@ class Association:
     peer: str
     sock: socket.socket = field(repr=False)
     contexts: dict[int, AcceptedContext] = field(default_factory=dict)
-    peer_max_pdu: int = 0
 
     @property
     def tls(self) -> ssl.SSLSocket | None:
@@ -212,7 +211,6 @@ class AssociationLoop:
             peer=self._peer,
             sock=self._sock,
             contexts={cx.context_id: cx for cx in contexts},
-            peer_max_pdu=request.max_pdu,
         )
         self._services.accepted(self._association)
         return True

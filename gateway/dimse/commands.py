@@ -12,6 +12,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from gateway.dicom.file_meta import encode_uid
+
 C_STORE_RQ = 0x0001
 C_ECHO_RQ = 0x0030
 C_CANCEL_RQ = 0x0FFF
@@ -33,9 +35,6 @@ _AFFECTED_SOP_CLASS = 0x0002
 _COMMAND_FIELD = 0x0100
 _MESSAGE_ID = 0x0110
 _MESSAGE_ID_RESPONDED = 0x0120
-_MOVE_ORIGINATOR_AE = 0x1030
-_MOVE_ORIGINATOR_ID = 0x1031
-_PRIORITY = 0x0700
 _DATA_SET_TYPE = 0x0800
 _STATUS = 0x0900
 _ERROR_COMMENT = 0x0902
@@ -55,8 +54,6 @@ class Command:
     has_data_set: bool
     affected_sop_class_uid: str = ""
     affected_sop_instance_uid: str = ""
-    priority: int = 0
-    move_originator_ae: str = ""
 
     @property
     def name(self) -> str:
@@ -91,8 +88,6 @@ def decode_command(data: bytes | bytearray | memoryview) -> Command:
         else False,
         affected_sop_class_uid=_text(values.get(_AFFECTED_SOP_CLASS)),
         affected_sop_instance_uid=_text(values.get(_AFFECTED_SOP_INSTANCE)),
-        priority=_us(values, _PRIORITY) if _PRIORITY in values else 0,
-        move_originator_ae=_text(values.get(_MOVE_ORIGINATOR_AE)),
     )
 
 
@@ -100,7 +95,7 @@ def encode_response(request: Command, status: int, error_comment: str | None = N
     """The response command set to `request` (no data set), with its group length."""
     elements = []
     if request.affected_sop_class_uid:
-        elements.append(_element(_AFFECTED_SOP_CLASS, _uid(request.affected_sop_class_uid)))
+        elements.append(_element(_AFFECTED_SOP_CLASS, encode_uid(request.affected_sop_class_uid)))
     elements.append(_element(_COMMAND_FIELD, _US.pack(request.command_field | RESPONSE_BIT)))
     elements.append(_element(_MESSAGE_ID_RESPONDED, _US.pack(request.message_id & 0xFFFF)))
     elements.append(_element(_DATA_SET_TYPE, _US.pack(NO_DATA_SET)))
@@ -108,7 +103,9 @@ def encode_response(request: Command, status: int, error_comment: str | None = N
     if error_comment and status != STATUS_SUCCESS:
         elements.append(_element(_ERROR_COMMENT, _lo(error_comment)))
     if request.affected_sop_instance_uid:
-        elements.append(_element(_AFFECTED_SOP_INSTANCE, _uid(request.affected_sop_instance_uid)))
+        elements.append(
+            _element(_AFFECTED_SOP_INSTANCE, encode_uid(request.affected_sop_instance_uid))
+        )
     body = b"".join(elements)
     return _element(0x0000, struct.pack("<L", len(body))) + body
 
@@ -128,11 +125,6 @@ def _text(raw: bytes | None) -> str:
     if not raw:
         return ""
     return raw.decode("ascii", errors="replace").rstrip("\x00 ")
-
-
-def _uid(value: str) -> bytes:
-    raw = value.encode("ascii", errors="replace")
-    return raw + b"\x00" if len(raw) % 2 else raw
 
 
 def _lo(value: str) -> bytes:

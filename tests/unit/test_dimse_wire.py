@@ -60,8 +60,6 @@ def test_a_pynetdicom_store_request_is_read() -> None:
     assert command.has_data_set
     assert command.affected_sop_class_uid == CT
     assert command.affected_sop_instance_uid == SOP
-    assert command.priority == 2
-    assert command.move_originator_ae == "MOVER"
 
 
 def test_responses_decode_with_pydicom() -> None:

@@ -28,10 +28,10 @@ from gateway.forward.traced import TracedSender
 from gateway.ingest import Ingestor
 from gateway.logging_setup import JsonFormatter, TraceContextFilter
 from gateway.metrics import GatewayMetrics
+from gateway.otel_environment import _exporter_names
 from gateway.spool.filesystem import FilesystemSpool
 from gateway.telemetry import (
     Telemetry,
-    _exporter_names,
     context_from_traceparent,
     trace_id_of,
     traceparent_of,
