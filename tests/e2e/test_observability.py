@@ -159,13 +159,16 @@ def test_two_gateways_in_a_chain_share_one_trace_per_instance(
                 timeout=60,
                 message="every instance at storescp through A and B",
             )
+            # Each gateway exports on its own schedule: wait for the last span of each hop,
+            # A's STOW-RS send as well as B's C-STORE send, before reading the journeys.
             spans = otlp.wait_for(
                 lambda got: all(
-                    any(
-                        s.service == "gateway-b" and s.name == "C-STORE send" and carries(s, u)
-                        for s in got
-                    )
+                    any(s.service == service and s.name == name and carries(s, u) for s in got)
                     for u in uids
+                    for service, name in (
+                        ("gateway-a", "STOW-RS send"),
+                        ("gateway-b", "C-STORE send"),
+                    )
                 )
             )
             trace = a.run_cli("trace", "--config", str(a.config_path), files_study(files))
