@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from tests.harness.env import native_program
 from tests.harness.gateway import REPO_ROOT
 from tests.harness.orthanc import ORTHANC_BINARY
 
@@ -47,7 +48,9 @@ def versions() -> dict[str, str | None]:
         "uvicorn": _package("uvicorn"),
         "orthanc": _tool_version([str(ORTHANC_BINARY), "--version"], r"([0-9]+\.[0-9]+\.[0-9]+)"),
         "orthanc_dicomweb": _debian_version("orthanc-dicomweb"),
-        "dcmtk": _tool_version(["storescp", "--version"], r"v([0-9]+\.[0-9]+\.[0-9]+)"),
+        "dcmtk": _tool_version(
+            [native_program("storescp") or "storescp", "--version"], r"v([0-9]+\.[0-9]+\.[0-9]+)"
+        ),
     }
 
 

@@ -7,6 +7,10 @@ settled. From the gateway's own database: *sustained rate* = instances / (last `
 first ``received_at``), and per instance *receipt -> delivered* = ``settled_at - received_at``
 (p50, p99). A dead delivery, or one Orthanc does not hold, fails the run.
 
+CPU per instance is counted for every process of the chain (the sender, the gateway, Orthanc
+as the archive), and *cores busy* is their sum over the run's wall time: on a machine with few
+cores it shows whether the chain as a whole ran out of CPU, which no single ratio can.
+
 ``orthanc``: the yardstick, Orthanc's own STOW-RS rate for the same instances, posted by the
 harness client in requests of 100 (the gateway's batch size) to a fresh Orthanc.
 """
@@ -14,6 +18,7 @@ harness client in requests of 100 (the gateway's batch size) to a fresh Orthanc.
 from __future__ import annotations
 
 import contextlib
+import resource
 import sqlite3
 import time
 from pathlib import Path
@@ -21,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from bench.measure import MB, percentile
+from bench.measure import MB, cpu_seconds, percentile
 from bench.scenarios.base import BenchError, Context, Metric, Scenario
 from bench.scenarios.cstore import send_cstore
 from bench.scenarios.stow import stow_all
@@ -42,6 +47,10 @@ class Bridge(Scenario):
         Metric("latency_p50_ms", "receipt->delivered p50", "ms", "lower"),
         Metric("latency_p99_ms", "receipt->delivered p99", "ms", "lower"),
         Metric("ingest_instances_per_s", "C-STORE leg instances/s", "1/s", "higher"),
+        Metric("sender_cpu_ms", "sender CPU per instance", "ms", "lower"),
+        Metric("gateway_cpu_ms", "gateway CPU per instance", "ms", "lower"),
+        Metric("archive_cpu_ms", "archive (Orthanc) CPU per instance", "ms", "lower"),
+        Metric("cores_busy", "cores busy (all processes)", "cores", "lower"),
     )
 
     def workload(self, ctx: Context) -> dict[str, Any]:
@@ -65,11 +74,19 @@ class Bridge(Scenario):
         data = ctx.store.ct()
         with ctx.scratch("bridge-orthanc") as work, running_orthanc(work) as orthanc:
             with httpx.Client(timeout=3600) as client:
+                sender, archive = _own_cpu(), cpu_seconds(orthanc.pid)
                 seconds, _ = stow_all(client, orthanc, data.files, BATCH)
+                sender, archive = _own_cpu() - sender, cpu_seconds(orthanc.pid) - archive
             stored = orthanc.count_instances()
         if stored != data.count:
             raise BenchError(f"Orthanc holds {stored} instances, expected {data.count}")
-        return {"seconds": seconds, "instances_per_s": data.count / seconds}
+        return {
+            "seconds": seconds,
+            "instances_per_s": data.count / seconds,
+            "sender_cpu_ms": sender * 1000 / data.count,
+            "archive_cpu_ms": archive * 1000 / data.count,
+            "cores_busy": (sender + archive) / seconds,
+        }
 
     def _bridge(self, ctx: Context) -> dict[str, float]:
         data = ctx.store.ct()
@@ -84,9 +101,12 @@ class Bridge(Scenario):
             )
             with running_gateway(config) as gateway:
                 assert gateway.db_path is not None
+                before = (_children_cpu(), cpu_seconds(gateway.pid), cpu_seconds(orthanc.pid))
                 ingest_seconds = send_cstore(data.files, gateway)
                 rows = _wait_settled(gateway.db_path, data.count)
+                after = (_children_cpu(), cpu_seconds(gateway.pid), cpu_seconds(orthanc.pid))
             held = orthanc.count_instances()
+        sender, gateway_cpu, archive = (b - a for a, b in zip(before, after, strict=True))
         if held != data.count:
             raise BenchError(
                 f"Orthanc holds {held} instances after the bridge, expected {data.count}"
@@ -101,7 +121,24 @@ class Bridge(Scenario):
             "latency_p50_ms": percentile(latencies, 0.50),
             "latency_p99_ms": percentile(latencies, 0.99),
             "ingest_instances_per_s": data.count / ingest_seconds,
+            "sender_cpu_ms": sender * 1000 / data.count,
+            "gateway_cpu_ms": gateway_cpu * 1000 / data.count,
+            "archive_cpu_ms": archive * 1000 / data.count,
+            # The wait for settlement polls; it ends within 50 ms of the last delivery.
+            "cores_busy": (sender + gateway_cpu + archive) / window,
         }
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's finished children (storescu, once it has exited)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _own_cpu() -> float:
+    """CPU seconds of this process (the harness's STOW-RS client)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _wait_settled(db_path: Path, expected: int) -> list[tuple[float, float]]:

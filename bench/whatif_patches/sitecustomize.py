@@ -39,7 +39,15 @@ def _sqlite_normal() -> None:
     sqlite3.connect = connect  # type: ignore[assignment]
 
 
-_APPLY = {"nofsync": _nofsync, "sqlite-normal": _sqlite_normal}
+def _switch_interval() -> None:
+    sys.setswitchinterval(float(os.environ.get("BENCH_SWITCH_INTERVAL", "0.0005")))
+
+
+_APPLY = {
+    "nofsync": _nofsync,
+    "sqlite-normal": _sqlite_normal,
+    "switch-interval": _switch_interval,
+}
 
 for _name in sorted(_SWITCHES):
     if _name not in _APPLY:

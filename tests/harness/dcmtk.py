@@ -30,6 +30,7 @@ from pathlib import Path
 import pydicom
 from pydicom.uid import UID
 
+from .env import native_program
 from .process import LOOPBACK
 
 __all__ = [
@@ -193,8 +194,11 @@ def _expand(files: Sequence[Path]) -> Iterable[Path]:
 
 
 def _run(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    program = native_program(argv[0])
+    if program is None:
+        raise FileNotFoundError(f"DCMTK program {argv[0]!r} is not installed (apt install dcmtk)")
     return subprocess.run(
-        argv,
+        [program, *argv[1:]],
         capture_output=True,
         text=True,
         errors="replace",

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
 
+from .env import native_program
 from .process import ManagedProcess, PeerProcess, free_port, wait_for_port
 
 __all__ = ["STORESCP_SUFFIX", "StoreSCP"]
@@ -77,8 +78,11 @@ class StoreSCP(PeerProcess):
         if self._port is None:
             self._port = free_port()
         self.outdir.mkdir(parents=True, exist_ok=True)
+        program = native_program("storescp")
+        if program is None:
+            raise FileNotFoundError("DCMTK storescp is not installed (apt install dcmtk)")
         argv = [
-            "storescp",
+            program,
             "--verbose",
             "--bit-preserving",
             "+xa",

@@ -351,3 +351,21 @@ def test_gateway_process_lifecycle_with_stand_in(tmp_path: Path) -> None:
         assert gateway.pid != first_pid
     assert not gateway.alive
     assert "fake gateway up" in gateway.log_text()
+
+
+def test_native_program_passes_over_python_console_scripts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pynetdicom's ``storescu`` script in an activated virtualenv must not stand in for DCMTK."""
+    from tests.harness.env import native_program
+
+    scripts, native = tmp_path / "venv-bin", tmp_path / "usr-bin"
+    for folder, first_line in ((scripts, "#!/venv/bin/python3\n"), (native, "\x7fELF")):
+        folder.mkdir()
+        program = folder / "storescu"
+        program.write_text(first_line)
+        program.chmod(0o755)
+    monkeypatch.setenv("PATH", os.pathsep.join([str(scripts), str(native)]))
+    assert native_program("storescu") == str(native / "storescu")
+    monkeypatch.setenv("PATH", str(scripts))
+    assert native_program("storescu") is None
