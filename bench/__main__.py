@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.datasets import default_data_root, profile_named
-from bench.runner import command_line, format_targets, run_all
+from bench.runner import SETTLE_SECONDS, command_line, format_targets, run_all
 from bench.scenarios import OPTIONAL, Scenario, all_scenarios
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -50,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--work", type=Path, help="scratch folder for servers (default DATA/work)")
     parser.add_argument(
         "--output", type=Path, default=RESULTS, help=f"JSON result (default {RESULTS})"
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        help=f"seconds to wait after deleting a scenario's files (default {SETTLE_SECONDS:.0f};"
+        " smoke 0): see docs/benchmarks.md, Method",
     )
     parser.add_argument("--list", action="store_true", help="list scenarios and exit")
     return parser
@@ -86,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     profile = profile_named("smoke" if args.smoke else "quick" if args.quick else "full")
     data_root = (args.data or default_data_root()).resolve()
     work_root = (args.work or Path(os.environ.get("BENCH_WORK", data_root / "work"))).resolve()
+    settle = args.settle if args.settle is not None else 0.0 if args.smoke else SETTLE_SECONDS
     document = run_all(
         chosen,
         profile=profile,
@@ -94,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         work_root=work_root,
         command=command_line(argv),
         output=args.output,
+        settle_seconds=settle,
     )
     print(format_targets([t for t in document["targets"] if t["met"] is not None]))
     print(f"\nresults: {args.output}  (render docs with: python -m bench.report)")

@@ -412,6 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     if args.idle_association:
         cost = idle_association_cost(ctx)
+        ctx.empty_trash()
         (args.output_dir / "idle-association.json").write_text(json.dumps(cost, indent=2) + "\n")
         print(
             f"gateway CPU while idle: {cost['idle_cpu_share']:.1%} of a core; with one open, "
@@ -434,6 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         seconds_cpu = _record_passes(data, ctx, args.rate, False, raw_cpu, args.passes)
         seconds_wall = _record_passes(data, ctx, args.rate, True, raw_wall, args.passes)
+        ctx.empty_trash()
 
     cpu = summarise_samples(parse_raw(raw_cpu.read_text()), view="cpu")
     wall = parse_raw(raw_wall.read_text())

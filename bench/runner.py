@@ -30,6 +30,7 @@ from bench.targets import evaluate
 __all__ = ["format_table", "run_all", "summarise"]
 
 SCHEMA = 1
+SETTLE_SECONDS = 31.0  # see Context.empty_trash: ext4 without a journal, inodes freed < 30 s ago
 
 
 def run_all(
@@ -42,6 +43,7 @@ def run_all(
     command: str,
     output: Path | None = None,
     out: TextIO = sys.stdout,
+    settle_seconds: float = SETTLE_SECONDS,
 ) -> dict[str, Any]:
     """Run ``scenarios`` and return the whole result document (see :data:`SCHEMA`).
 
@@ -64,8 +66,9 @@ def run_all(
     }
     started = time.monotonic()
     print(table_header(), file=out, flush=True)
-    for scenario in scenarios:
-        result = _run_scenario(scenario, profile, store, work_root, repeat)
+    for index, scenario in enumerate(scenarios):
+        settle = settle_seconds if index < len(scenarios) - 1 else 0.0
+        result = _run_scenario(scenario, profile, store, work_root, repeat, settle)
         document["scenarios"].append(result)
         print(format_table([result], header=False), file=out, flush=True)
         document["load_average"]["end"] = load_average()
@@ -81,7 +84,12 @@ def _log(message: str) -> None:
 
 
 def _run_scenario(
-    scenario: Scenario, profile: Profile, store: Store, work_root: Path, repeat: int
+    scenario: Scenario,
+    profile: Profile,
+    store: Store,
+    work_root: Path,
+    repeat: int,
+    settle_seconds: float,
 ) -> dict[str, Any]:
     ctx = Context(store=store, profile=profile, work_root=work_root / scenario.name)
     systems = scenario.systems
@@ -128,6 +136,7 @@ def _run_scenario(
             scenario.teardown(ctx)
         except Exception as exc:  # teardown trouble must not lose the numbers
             _log(f"{scenario.name}: teardown failed: {exc}")
+    ctx.empty_trash(settle_seconds)  # after ctx.stack set the long-lived servers' folders aside
     status = {
         s: "skipped"
         if s in skipped

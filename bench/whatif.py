@@ -94,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for variant in variants[shift:] + variants[:shift]:
             ctx.log(f"whatif {args.scenario}: round {rep + 1}/{args.repeat}, {variant}")
             runs[variant].append(_run(ctx, variant, data.files, data.total_bytes))
+    ctx.empty_trash()
     medians = {
         v: {k: round(median([r[k] for r in rs]), 3) for k in rs[0]} for v, rs in runs.items() if rs
     }
