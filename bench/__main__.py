@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.datasets import default_data_root, profile_named
-from bench.runner import SETTLE_SECONDS, command_line, format_targets, run_all
+from bench.runner import command_line, format_targets, run_all
 from bench.scenarios import OPTIONAL, Scenario, all_scenarios
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -54,8 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--settle",
         type=float,
-        help=f"seconds to wait after deleting a scenario's files (default {SETTLE_SECONDS:.0f};"
-        " smoke 0): see docs/benchmarks.md, Method",
+        help="seconds to wait after deleting a scenario's files (default: 61 on ext4 without"
+        " a journal, else 0; smoke 0): see docs/benchmarks.md, Method",
     )
     parser.add_argument("--list", action="store_true", help="list scenarios and exit")
     return parser
@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     profile = profile_named("smoke" if args.smoke else "quick" if args.quick else "full")
     data_root = (args.data or default_data_root()).resolve()
     work_root = (args.work or Path(os.environ.get("BENCH_WORK", data_root / "work"))).resolve()
-    settle = args.settle if args.settle is not None else 0.0 if args.smoke else SETTLE_SECONDS
+    settle = 0.0 if args.smoke and args.settle is None else args.settle
     document = run_all(
         chosen,
         profile=profile,

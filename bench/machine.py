@@ -19,11 +19,23 @@ from tests.harness.env import native_program
 from tests.harness.gateway import REPO_ROOT
 from tests.harness.orthanc import ORTHANC_BINARY
 
-__all__ = ["load_average", "machine_info", "versions"]
+__all__ = [
+    "INODE_RECENCY_SECONDS",
+    "filesystem",
+    "inode_reuse_delay",
+    "load_average",
+    "machine_info",
+    "versions",
+]
+
+INODE_RECENCY_SECONDS = 61.0
+"""ext4 without a journal will not reuse an inode freed less than 60 s ago (fs/ext4/ialloc.c,
+``recently_deleted``; 360 s while the inode table block is still dirty) and pays a buffer
+lookup for every such inode it passes over when it creates a file."""
 
 
-def machine_info() -> dict[str, Any]:
-    return {
+def machine_info(work: Path | None = None) -> dict[str, Any]:
+    info: dict[str, Any] = {
         "cpu_model": _cpu_model(),
         "cores": os.cpu_count(),
         "ram_gb": round(_meminfo_kb("MemTotal") / 1024 / 1024, 1),
@@ -31,6 +43,50 @@ def machine_info() -> dict[str, Any]:
         "os": _os_release(),
         "hostname": platform.node(),
     }
+    if work is not None:
+        info["filesystem"] = filesystem(work)
+    return info
+
+
+def filesystem(path: Path) -> str:
+    """The type of the filesystem holding `path`, e.g. "ext4 (no journal)"."""
+    kind, device = _mount_of(path)
+    if kind == "ext4" and _ext4_without_journal(device):
+        return "ext4 (no journal)"
+    return kind or "unknown"
+
+
+def inode_reuse_delay(path: Path) -> float:
+    """Seconds to wait after mass deletions under `path` before a measured run (0 if none)."""
+    return INODE_RECENCY_SECONDS if filesystem(path) == "ext4 (no journal)" else 0.0
+
+
+def _mount_of(path: Path) -> tuple[str | None, str | None]:
+    """(filesystem type, device name) of the longest mount point holding `path`."""
+    target = str(path.resolve())
+    best: tuple[int, str | None, str | None] = (-1, None, None)
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None, None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        device, point, kind = fields[0], fields[1], fields[2]
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > best[0]:
+            best = (len(point), kind, Path(device).name)
+    return best[1], best[2]
+
+
+def _ext4_without_journal(device: str | None) -> bool:
+    if not device:
+        return False
+    try:
+        return Path(f"/sys/fs/ext4/{device}/journal_task").read_text().strip() == "<none>"
+    except OSError:
+        return False
 
 
 def load_average() -> list[float]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shlex
 import sys
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bench.datasets import Profile, Store
-from bench.machine import load_average, machine_info, versions
+from bench.machine import inode_reuse_delay, load_average, machine_info, versions
 from bench.measure import median
 from bench.scenarios import Context, Scenario
 from bench.systems import EndpointUnavailable
@@ -30,7 +31,6 @@ from bench.targets import evaluate
 __all__ = ["format_table", "run_all", "summarise"]
 
 SCHEMA = 1
-SETTLE_SECONDS = 31.0  # see Context.empty_trash: ext4 without a journal, inodes freed < 30 s ago
 
 
 def run_all(
@@ -43,7 +43,7 @@ def run_all(
     command: str,
     output: Path | None = None,
     out: TextIO = sys.stdout,
-    settle_seconds: float = SETTLE_SECONDS,
+    settle_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Run ``scenarios`` and return the whole result document (see :data:`SCHEMA`).
 
@@ -58,12 +58,19 @@ def run_all(
         "command": command,
         "profile": profile.name,
         "repeat": repeat,
-        "machine": machine_info(),
+        "machine": machine_info(work_root),
         "load_average": {"start": load_average()},
         "versions": versions(),
         "data_root": str(data_root),
         "scenarios": [],
     }
+    if settle_seconds is None:
+        settle_seconds = inode_reuse_delay(work_root)
+    document["settle_seconds"] = settle_seconds
+    if settle_seconds > 0:  # whatever ran before us may have deleted files too
+        os.sync()
+        _log(f"waiting {settle_seconds:.0f} s before the first run (see Context.empty_trash)")
+        time.sleep(settle_seconds)
     started = time.monotonic()
     print(table_header(), file=out, flush=True)
     for index, scenario in enumerate(scenarios):

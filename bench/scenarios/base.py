@@ -10,6 +10,7 @@ when something went wrong (the runner records the failure and carries on).
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import sys
 import time
@@ -79,11 +80,12 @@ class Context:
         """Delete the folders runs left behind, then wait `settle_seconds` if any were deleted.
 
         Why not delete after each run: ext4 without a journal (the root filesystem of the
-        machine these figures come from) passes over every inode freed in the last 30 s each
-        time it creates a file. A run that started right after the previous one deleted its
-        thousands of files paid for it (10 KB C-STORE: ~7 % slower, +0.2 ms CPU per instance,
-        measured). Runs of one scenario therefore never follow a deletion; between scenarios
-        the runner deletes and then waits out those 30 s.
+        machine these figures come from) passes over every inode freed in the last 60 s (360 s
+        while its inode table block is unwritten) each time it creates a file. A run started
+        right after the previous one deleted its thousands of files paid for that (10 KB
+        C-STORE: 7-10 % slower, +0.2 ms CPU per instance, measured). So runs of one scenario
+        never follow a deletion; between scenarios the runner deletes, writes the inode tables
+        out (`sync`) and waits the recency out (see bench.machine.inode_reuse_delay).
         """
         if not self.trash:
             return
@@ -93,6 +95,7 @@ class Context:
         with contextlib.suppress(OSError):
             (self.work_root / ".trash").rmdir()
         if settle_seconds > 0:
+            os.sync()
             self.log(f"waiting {settle_seconds:.0f} s after deleting scratch folders")
             time.sleep(settle_seconds)
 
