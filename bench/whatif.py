@@ -6,9 +6,11 @@
 The profile (``bench.profile``) says where samples land; this says what the throughput would
 be without a cost, which is what a proposal is worth. Each variant is a fresh gateway started
 with switches from ``bench/whatif_patches/sitecustomize.py`` (``nofsync``, ``sqlite-normal``,
-``a+b`` combines them), run interleaved with the baseline (``--repeat``
+``nodirsync``, ``a+b`` combines them), run interleaved with the baseline (``--repeat``
 rounds, order rotated), medians reported as a ratio to the baseline. The switches remove
-durability on purpose and exist only to price it; nothing in ``gateway/`` changes.
+durability on purpose and exist only to price it; nothing in ``gateway/`` changes. The variant
+``orthanc`` is Orthanc itself in the same rounds, and ``nodirsync+sqlite-normal`` gives the
+gateway the durability Orthanc's acknowledgement has, so the two rows compare like with like.
 
 Writes ``bench/results/whatif-<scenario>.json``, rendered by ``python -m bench.report``.
 """
@@ -16,20 +18,22 @@ Writes ``bench/results/whatif-<scenario>.json``, rendered by ``python -m bench.r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from bench.datasets import Store, default_data_root, profile_named
-from bench.machine import load_average, versions
+from bench.machine import inode_reuse_delay, load_average, versions
 from bench.measure import MB, cpu_seconds, median
 from bench.scenarios.base import BenchError, Context
 from bench.scenarios.cstore import send_cstore
-from bench.systems import gateway_config, running_gateway
+from bench.systems import Running, gateway_config, running_gateway, running_orthanc
 from tests.harness.gateway import REPO_ROOT
 
 __all__ = ["PATCHES", "main"]
@@ -40,8 +44,10 @@ DEFAULT_VARIANTS = (
     "baseline",
     "nofsync",
     "sqlite-normal",
-    "nofsync+sqlite-normal",
+    "nodirsync+sqlite-normal",
+    "orthanc",
 )
+REFERENCE = "orthanc"  # not a gateway variant: Orthanc itself, for scale
 
 
 def _environment(variant: str) -> dict[str, str]:
@@ -54,14 +60,19 @@ def _environment(variant: str) -> dict[str, str]:
 
 def _run(ctx: Context, variant: str, files: tuple[Path, ...], total_bytes: int) -> dict[str, float]:
     label = f"whatif-{variant.replace('+', '_')}"
-    with (
-        ctx.scratch(label) as work,
-        running_gateway(gateway_config(work), env=_environment(variant)) as gateway,
-    ):
-        cpu = cpu_seconds(gateway.pid)
-        seconds = send_cstore(files, gateway)
-        cpu = cpu_seconds(gateway.pid) - cpu
-        stored = gateway.count_instances()
+    with contextlib.ExitStack() as stack:
+        work = stack.enter_context(ctx.scratch(label))
+        server: Running
+        if variant == REFERENCE:
+            server = stack.enter_context(running_orthanc(work))
+        else:
+            server = stack.enter_context(
+                running_gateway(gateway_config(work), env=_environment(variant))
+            )
+        cpu = cpu_seconds(server.pid)
+        seconds = send_cstore(files, server)
+        cpu = cpu_seconds(server.pid) - cpu
+        stored = server.count_instances()
     if stored != len(files):
         raise BenchError(f"{variant}: {stored} of {len(files)} instances stored")
     return {
@@ -88,6 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ctx = Context(store=store, profile=profile, work_root=data_root / "work" / "whatif")
     data = store.ct() if args.scenario == "cstore-ct" else store.tiny()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    settle = inode_reuse_delay(ctx.work_root.parent)
+    if settle:  # see Context.empty_trash: no round may follow a mass deletion
+        os.sync()
+        ctx.log(f"waiting {settle:.0f} s before the first round")
+        time.sleep(settle)
     runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     for rep in range(args.repeat):
         shift = rep % len(variants)
