@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.scenarios.base import Context
+
 __all__ = ["render"]
 
 HERE = Path(__file__).resolve().parent
@@ -122,8 +124,9 @@ def _preamble(document: dict[str, Any]) -> list[str]:
         "`~/.cache/dicom-gateway-bench` (about 0.8 GB for the full set, 1.2 GB more with",
         "`--qido-100k`) and reused. Servers run on 127.0.0.1 from fresh folders under",
         "`DATA/work` (`--work` / `$BENCH_WORK`; up to ~3 GB while `--qido-100k` runs) and are",
-        "stopped by pid afterwards. A full run takes about 15 minutes plus data generation;",
-        "seeding 100 k instances adds about 10 minutes.",
+        "stopped by pid afterwards. A full run takes about 25 minutes plus data generation",
+        "(10 more on ext4 without a journal, see Method: between scenarios); seeding 100 k",
+        "instances adds about 10 minutes.",
         "",
     ]
 
@@ -139,6 +142,8 @@ def _environment(document: dict[str, Any]) -> list[str]:
         ("CPU", f"{machine.get('cpu_model')}, {machine.get('cores')} cores"),
         ("RAM", f"{machine.get('ram_gb')} GB"),
         ("OS / kernel", f"{machine.get('os')} / {machine.get('kernel')}"),
+        ("filesystem of the work folder", machine.get("filesystem", "-")),
+        ("wait after deletions", f"{document.get('settle_seconds', '-')} s"),
         ("load average at start / end", f"{load.get('start')} / {load.get('end')}"),
         ("wall time of the run", f"{document.get('elapsed_s')} s"),
         ("Python", versions.get("python")),
@@ -218,6 +223,8 @@ def _method(document: dict[str, Any]) -> list[str]:
         out += [f"### {family}", "", _markdown(doc), ""]
     systems_doc = inspect.getdoc(importlib.import_module("bench.systems")) or ""
     out += ["### The systems", "", _markdown(systems_doc), ""]
+    trash_doc = inspect.getdoc(Context.empty_trash) or ""
+    out += ["### Between scenarios", "", _markdown(trash_doc), ""]
     return out
 
 
@@ -267,8 +274,9 @@ def _whatif(document: dict[str, Any]) -> list[str]:
         f"{document.get('megabytes')} MB, medians of {document.get('repeat')} interleaved "
         "rounds, each variant a fresh gateway with one cost switched off "
         "(`bench/whatif_patches/sitecustomize.py`; these switches drop durability on purpose "
-        "and only price it). `nodirsync+sqlite-normal` is the durability Orthanc's own "
-        "acknowledgement has; `orthanc` is Orthanc itself in the same rounds.",
+        "and only price it) or with a busy neighbour process (`*-neighbour`). "
+        "`nodirsync+sqlite-normal` is the durability Orthanc's own acknowledgement has; "
+        "`orthanc` is Orthanc itself in the same rounds.",
         "",
         "| variant | instances/s | MB/s | server CPU per instance (ms) | vs baseline |",
         "|---|---:|---:|---:|---:|",

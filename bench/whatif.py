@@ -12,6 +12,14 @@ durability on purpose and exist only to price it; nothing in ``gateway/`` change
 ``orthanc`` is Orthanc itself in the same rounds, and ``nodirsync+sqlite-normal`` gives the
 gateway the durability Orthanc's acknowledgement has, so the two rows compare like with like.
 
+Two variants add a neighbour instead of removing a cost: ``cpu-neighbour`` (a process spinning
+on one core) and ``flush-neighbour`` (a process writing 512 KiB and ``fdatasync``-ing it in a
+loop, in the same filesystem). They are the bridge scenario's Orthanc in miniature, and show
+what sharing the machine's cores and disk flushes costs the C-STORE leg::
+
+    python -m bench.whatif --scenario cstore-ct --variants \\
+        baseline,cpu-neighbour,flush-neighbour,orthanc,orthanc+cpu-neighbour,orthanc+flush-neighbour
+
 Writes ``bench/results/whatif-<scenario>.json``, rendered by ``python -m bench.report``.
 """
 
@@ -21,9 +29,10 @@ import argparse
 import contextlib
 import json
 import os
+import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,10 +57,21 @@ DEFAULT_VARIANTS = (
     "orthanc",
 )
 REFERENCE = "orthanc"  # not a gateway variant: Orthanc itself, for scale
+_SPIN = "while True: pass"
+_FLUSH = (
+    "import os, sys\n"
+    "fd = os.open(sys.argv[1], os.O_CREAT | os.O_WRONLY, 0o600)\n"
+    "block = os.urandom(512 * 1024)\n"
+    "while True:\n"
+    "    os.pwrite(fd, block, 0)\n"
+    "    os.fdatasync(fd)\n"
+)
+NEIGHBOURS = {"cpu-neighbour": [_SPIN], "flush-neighbour": [_FLUSH]}
 
 
 def _environment(variant: str) -> dict[str, str]:
-    switches = "" if variant == "baseline" else variant.replace("+", ",")
+    parts = variant.split("+")
+    switches = ",".join(p for p in parts if p != "baseline" and p not in NEIGHBOURS)
     return {
         "PYTHONPATH": os.pathsep.join([str(PATCHES), str(REPO_ROOT)]),
         "BENCH_WHATIF": switches,
@@ -62,8 +82,11 @@ def _run(ctx: Context, variant: str, files: tuple[Path, ...], total_bytes: int) 
     label = f"whatif-{variant.replace('+', '_')}"
     with contextlib.ExitStack() as stack:
         work = stack.enter_context(ctx.scratch(label))
+        for part in variant.split("+"):
+            if part in NEIGHBOURS:
+                stack.enter_context(_neighbour(NEIGHBOURS[part], work))
         server: Running
-        if variant == REFERENCE:
+        if REFERENCE in variant.split("+"):
             server = stack.enter_context(running_orthanc(work))
         else:
             server = stack.enter_context(
@@ -81,6 +104,17 @@ def _run(ctx: Context, variant: str, files: tuple[Path, ...], total_bytes: int) 
         "mb_per_s": total_bytes / MB / seconds,
         "cpu_ms_per_instance": cpu * 1000 / len(files),
     }
+
+
+@contextlib.contextmanager
+def _neighbour(code: list[str], work: Path) -> Iterator[None]:
+    """A busy process beside the server for the duration of a run; stopped by its pid."""
+    process = subprocess.Popen([sys.executable, "-c", *code, str(work / "neighbour.bin")])
+    try:
+        yield
+    finally:
+        process.kill()
+        process.wait()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
