@@ -1,6 +1,6 @@
 """The default spool: a folder on local disk.
 
-Durability: the incoming file is fsynced, renamed into place, and the directory fsynced, so an
+Durability: the incoming file is renamed into place, fsynced, and its directory fsynced, so an
 acknowledged instance survives a crash or power loss. Incoming files are staged inside the
 spool (`.incoming/`) so the final step is a rename on the same filesystem, not a copy. With
 `put_deferred` the fsyncs wait for `sync`, which does those of a whole group at once: every
@@ -118,35 +118,52 @@ class FilesystemSpool:
         return stored, folders, flushing
 
     def _place(self, source: Path, key: str, *, flush: bool) -> tuple[StoredObject, set[Path]]:
-        """Hash, (flush) and rename `source` to `key`; return it and the folders to fsync."""
+        """Hash and rename `source` to `key`, then (flush) fsync it; return it and the folders
+        still to fsync.
+
+        Renamed before the flush: a key is fresh (it ends in a random version token), so the
+        rename replaces nothing, and the file's fsync then also writes its new folder entry
+        (ext4 syncs a new file's parent; a journalling filesystem commits the rename with the
+        file), leaving the folder fsync after it little to do. Nothing refers to the key
+        before the database commit, so a crash in between leaves an orphan file, never a row
+        without its bytes.
+        """
         target = self._path(key)
         try:
             with source.open("rb") as reader:
                 size = os.fstat(reader.fileno()).st_size
-                if not flush:
-                    sha256 = _sha256_of(reader)
-                elif size < _HASH_IN_PARALLEL:
-                    sha256 = _sha256_of(reader)
-                    os.fsync(reader.fileno())
-                else:
+                hashing: Future[str] | None = None
+                sha256 = ""
+                if flush and size >= _HASH_IN_PARALLEL:
                     # hashlib and fsync both release the GIL: hash on another core while the
                     # disk flushes (the hash re-read was ~40 % of a 210 MB object's ingest).
-                    hashing = self._hasher.submit(_sha256, source)
-                    os.fsync(reader.fileno())
-                    sha256 = hashing.result()
-            folders = {target.parent}
-            try:
-                _move(source, target)
-            except FileNotFoundError:
-                # Try the rename first: the series folder usually exists, and creating it up
-                # front cost a stat and a mkdir per instance.
-                folders.update(_make_parents(target.parent, self.root))
-                _move(source, target)
+                    hashing = self._hasher.submit(_sha256_of, reader)
+                else:
+                    sha256 = _sha256_of(reader)
+                try:
+                    folders = self._move_into(source, target)
+                    if flush:
+                        os.fsync(reader.fileno())
+                finally:
+                    if hashing is not None:
+                        sha256 = hashing.result()
         except OSError as exc:
             with contextlib.suppress(OSError):
                 source.unlink()
             raise SpoolError(f"cannot write {key} to the spool: {exc.strerror or exc}") from exc
         return StoredObject(key=key, size=size, sha256=sha256), folders
+
+    def _move_into(self, source: Path, target: Path) -> set[Path]:
+        """Rename `source` to `target`; return the folders whose entries changed."""
+        folders = {target.parent}
+        try:
+            _move(source, target)
+        except FileNotFoundError:
+            # Try the rename first: the series folder usually exists, and creating it up
+            # front cost a stat and a mkdir per instance.
+            folders.update(_make_parents(target.parent, self.root))
+            _move(source, target)
+        return folders
 
     def _sync(self, paths: list[Path], what: str) -> None:
         try:
@@ -237,11 +254,6 @@ class _Window(io.RawIOBase):
     def close(self) -> None:
         self._handle.close()
         super().close()
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as reader:
-        return _sha256_of(reader)
 
 
 def _sha256_of(reader: BinaryIO) -> str:

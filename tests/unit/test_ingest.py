@@ -13,7 +13,7 @@ from gateway.config import Settings, parse_settings
 from gateway.db import open_database
 from gateway.db.deliveries import lease_batch, queue_summary
 from gateway.db.instances import HEADER_PENDING, IngestOutcome, instance_by_sop
-from gateway.exceptions import InvalidInputError, StoreError
+from gateway.exceptions import InvalidInputError, SpoolError, StoreError
 from gateway.ingest import Ingestor, Source
 from gateway.spool.filesystem import FilesystemSpool
 
@@ -157,6 +157,39 @@ def test_lease_takes_one_study_and_expired_leases_come_back(
         db, "cloud", "w3", lease_seconds=60, max_instances=10, max_bytes=10**9, now=time.time() + 61
     )
     assert len(later) == 3 and all(d.attempt == 2 for d in later)
+
+
+@pytest.mark.parametrize("fill_bytes", [32, 300 * 1024], ids=["small", "hashed-beside-the-flush"])
+def test_a_failed_flush_after_the_rename_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fill_bytes: int
+) -> None:
+    """The spool renames before it flushes: a flush that fails must still leave no file and no
+    row, and the sender must be told to retry (out of resources)."""
+    import errno
+    import os
+    import stat
+
+    import gateway.spool.filesystem as filesystem
+
+    s = settings(tmp_path)
+    db = open_database(s.storage.database)
+    ing = Ingestor(s, FilesystemSpool(tmp_path / "spool"), db)
+    real_fsync = os.fsync
+
+    def failing_fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            return real_fsync(fd)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(filesystem.os, "fsync", failing_fsync)
+    path = make_file(tmp_path / "a")
+    with path.open("ab") as grow:  # past the pixel data: only the file's size matters here
+        grow.write(b"\0" * fill_bytes)
+    with pytest.raises(SpoolError, match="Input/output error"):
+        ing.accept_file(path, SOURCE)
+    assert spooled_files(tmp_path) == []
+    with db.transaction(write=False) as cur:
+        assert cur.execute("SELECT COUNT(*) AS n FROM instances").fetchone() == {"n": 0}
 
 
 # -- group commit (a STOW-RS request) -------------------------------------------------------------
