@@ -11,6 +11,7 @@ import platform
 import re
 import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ __all__ = [
     "INODE_RECENCY_SECONDS",
     "filesystem",
     "inode_reuse_delay",
+    "let_freed_inodes_age",
     "load_average",
     "machine_info",
     "versions",
@@ -59,6 +61,15 @@ def filesystem(path: Path) -> str:
 def inode_reuse_delay(path: Path) -> float:
     """Seconds to wait after mass deletions under `path` before a measured run (0 if none)."""
     return INODE_RECENCY_SECONDS if filesystem(path) == "ext4 (no journal)" else 0.0
+
+
+def let_freed_inodes_age(seconds: float, why: str) -> None:
+    """Write the inode tables out and wait `seconds` (see `inode_reuse_delay`); 0 does nothing."""
+    if seconds <= 0:
+        return
+    os.sync()
+    print(f"[bench] waiting {seconds:.0f} s {why}", file=sys.stderr, flush=True)
+    time.sleep(seconds)
 
 
 def _mount_of(path: Path) -> tuple[str | None, str | None]:

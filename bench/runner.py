@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shlex
 import sys
 import time
@@ -22,7 +21,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bench.datasets import Profile, Store
-from bench.machine import inode_reuse_delay, load_average, machine_info, versions
+from bench.machine import (
+    inode_reuse_delay,
+    let_freed_inodes_age,
+    load_average,
+    machine_info,
+    versions,
+)
 from bench.measure import median
 from bench.scenarios import Context, Scenario
 from bench.systems import EndpointUnavailable
@@ -67,10 +72,8 @@ def run_all(
     if settle_seconds is None:
         settle_seconds = inode_reuse_delay(work_root)
     document["settle_seconds"] = settle_seconds
-    if settle_seconds > 0:  # whatever ran before us may have deleted files too
-        os.sync()
-        _log(f"waiting {settle_seconds:.0f} s before the first run (see Context.empty_trash)")
-        time.sleep(settle_seconds)
+    # Whatever ran before us may have deleted files too.
+    let_freed_inodes_age(settle_seconds, "before the first run (see Context.empty_trash)")
     started = time.monotonic()
     print(table_header(), file=out, flush=True)
     for index, scenario in enumerate(scenarios):

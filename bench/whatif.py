@@ -31,14 +31,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from bench.datasets import Store, default_data_root, profile_named
-from bench.machine import inode_reuse_delay, load_average, versions
+from bench.machine import inode_reuse_delay, let_freed_inodes_age, load_average, versions
 from bench.measure import MB, cpu_seconds, median
 from bench.scenarios.base import BenchError, Context
 from bench.scenarios.cstore import send_cstore
@@ -133,11 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ctx = Context(store=store, profile=profile, work_root=data_root / "work" / "whatif")
     data = store.ct() if args.scenario == "cstore-ct" else store.tiny()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    settle = inode_reuse_delay(ctx.work_root.parent)
-    if settle:  # see Context.empty_trash: no round may follow a mass deletion
-        os.sync()
-        ctx.log(f"waiting {settle:.0f} s before the first round")
-        time.sleep(settle)
+    # See Context.empty_trash: no round may follow a mass deletion.
+    let_freed_inodes_age(inode_reuse_delay(ctx.work_root.parent), "before the first round")
     runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     for rep in range(args.repeat):
         shift = rep % len(variants)

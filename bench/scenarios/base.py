@@ -10,10 +10,8 @@ when something went wrong (the runner records the failure and carries on).
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -21,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bench.datasets import Profile, Store
+from bench.machine import let_freed_inodes_age
 
 __all__ = ["BenchError", "Context", "Metric", "Scenario"]
 
@@ -94,10 +93,7 @@ class Context:
         self.trash.clear()
         with contextlib.suppress(OSError):
             (self.work_root / ".trash").rmdir()
-        if settle_seconds > 0:
-            os.sync()
-            self.log(f"waiting {settle_seconds:.0f} s after deleting scratch folders")
-            time.sleep(settle_seconds)
+        let_freed_inodes_age(settle_seconds, "after deleting scratch folders")
 
     def log(self, message: str) -> None:
         print(f"[bench] {message}", file=sys.stderr, flush=True)

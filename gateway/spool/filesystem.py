@@ -2,7 +2,7 @@
 
 Durability: the incoming file is renamed into place, fsynced, and its directory fsynced, so an
 acknowledged instance survives a crash or power loss. Incoming files are staged inside the
-spool (`.incoming/`) so the final step is a rename on the same filesystem, not a copy. With
+spool (`.incoming/`) so placing one is a rename on the same filesystem, not a copy. With
 `put_deferred` the fsyncs wait for `sync`, which does those of a whole group at once: every
 file, and every folder once however many of the group's files it holds.
 """

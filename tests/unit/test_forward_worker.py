@@ -6,6 +6,7 @@ is leased, gathered and settled, not about a wire protocol.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -73,6 +74,19 @@ class Gateway:
             quiet=quiet,
         )
 
+    @contextlib.contextmanager
+    def running(
+        self, sender: RecordingSender, *, linger: float, quiet: float
+    ) -> Iterator[DeliveryWorker]:
+        """A started worker, stopped and joined on the way out."""
+        worker = self.worker(sender, linger=linger, quiet=quiet)
+        worker.start()
+        try:
+            yield worker
+        finally:
+            self.stop.set()
+            worker.join(5)
+
     def count(self, state: str) -> int:
         with self.db.transaction(write=False) as cur:
             row = cur.execute(
@@ -136,14 +150,11 @@ def test_a_study_still_arriving_travels_in_few_requests(
     gateway: Gateway, linger: float, few: bool
 ) -> None:
     sender = RecordingSender()
-    worker = gateway.worker(sender, linger=linger, quiet=0.15)
-    worker.start()
-    for _ in range(40):
-        gateway.store("1.2.3.4")
-        time.sleep(0.01)
-    gateway.wait_delivered(40)
-    gateway.stop.set()
-    worker.join(5)
+    with gateway.running(sender, linger=linger, quiet=0.15):
+        for _ in range(40):
+            gateway.store("1.2.3.4")
+            time.sleep(0.01)
+        gateway.wait_delivered(40)
     assert sum(sender.batches) == 40
     if few:
         assert len(sender.batches) <= 8, sender.batches
@@ -156,35 +167,24 @@ def test_a_backlog_is_leased_without_waiting(gateway: Gateway) -> None:
         gateway.store(f"1.2.3.{n}")  # one instance per study: one request each
     time.sleep(0.4)  # all of it has waited longer than linger
     sender = RecordingSender()
-    worker = gateway.worker(sender, linger=0.3, quiet=0.3)
-    worker.start()
-    seconds = gateway.wait_delivered(12)
-    gateway.stop.set()
-    worker.join(5)
+    with gateway.running(sender, linger=0.3, quiet=0.3):
+        seconds = gateway.wait_delivered(12)
     assert sender.batches == [1] * 12
     assert seconds < 2.0, f"{seconds:.1f}s: the worker waited before leasing old work"
 
 
 def test_a_lone_instance_waits_only_until_arrivals_are_quiet(gateway: Gateway) -> None:
-    sender = RecordingSender()
-    worker = gateway.worker(sender, linger=10.0, quiet=0.05)
-    worker.start()
-    gateway.store("1.2.3.4")
-    seconds = gateway.wait_delivered(1)
-    gateway.stop.set()
-    worker.join(5)
+    with gateway.running(RecordingSender(), linger=10.0, quiet=0.05):
+        gateway.store("1.2.3.4")
+        seconds = gateway.wait_delivered(1)
     assert seconds < 3.0, f"{seconds:.1f}s: the worker lingered although nothing else came"
 
 
 def test_work_whose_arrivals_paused_is_leased_at_once(gateway: Gateway) -> None:
     gateway.store("1.2.3.4")
     time.sleep(0.6)  # longer than quiet, shorter than linger
-    sender = RecordingSender()
-    worker = gateway.worker(sender, linger=30.0, quiet=0.5)
-    worker.start()
-    seconds = gateway.wait_delivered(1)
-    gateway.stop.set()
-    worker.join(5)
+    with gateway.running(RecordingSender(), linger=30.0, quiet=0.5):
+        seconds = gateway.wait_delivered(1)
     assert seconds < 0.4, f"{seconds:.2f}s: the worker waited for arrivals that had stopped"
 
 
