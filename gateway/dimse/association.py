@@ -6,9 +6,11 @@ each message in memory or a temporary file before our handler sees it. That cost
 Python per C-STORE, several times what Orthanc spends in total (issue 7, docs/benchmarks.md).
 This loop runs in the connection's own thread and blocks on the socket: it reads a PDU, writes
 data set fragments straight from the receive buffer into a staging file that already has its
-Part 10 header, and when the last fragment is in hands the file to ingest and answers. Only
-the listener's services (Verification, Storage) are served here; pynetdicom still decodes and
-encodes the association PDUs and negotiates the presentation contexts (negotiation.py).
+Part 10 header, and when the last fragment is in hands the file to ingest and answers.
+Verification and Storage are served here; the message services (C-FIND, C-MOVE, C-GET,
+storage commitment) get the whole request and answer through a `MessageChannel`
+(gateway/dimse/channel.py). pynetdicom still decodes and encodes the association PDUs and
+negotiates the presentation contexts (negotiation.py).
 
 The PDU exchange follows PS3.8 §9: A-ASSOCIATE-RQ first (within `acse_timeout`), then
 P-DATA-TF until A-RELEASE-RQ (answered with A-RELEASE-RP) or A-ABORT. Anything else, a PDU
@@ -32,6 +34,14 @@ from typing import Protocol
 from gateway.dicom.file_meta import file_meta
 from gateway.dicom.uids import is_valid_uid
 from gateway.dimse import pdu
+from gateway.dimse.channel import (
+    MAX_DATA_SET,
+    MESSAGE_SERVICE_COMMANDS,
+    ChannelError,
+    MessageChannel,
+    Request,
+    decode_command_set,
+)
 from gateway.dimse.commands import (
     C_CANCEL_RQ,
     C_ECHO_RQ,
@@ -71,6 +81,7 @@ class Association:
     peer: str
     sock: socket.socket = field(repr=False)
     contexts: dict[int, AcceptedContext] = field(default_factory=dict)
+    peer_max_pdu: int = 0  # the longest PDU the peer accepts from us; 0: no limit
 
     @property
     def tls(self) -> ssl.SSLSocket | None:
@@ -97,6 +108,16 @@ class AssociationServices(Protocol):
     ) -> tuple[int, str | None]:
         """Ingest the Part 10 file at `path` (consumed on success); the status to answer."""
 
+    @property
+    def message_sop_classes(self) -> frozenset[str]:
+        """SOP classes of the message services (query/retrieve, commitment) offered."""
+
+    def serve(self, association: Association, channel: MessageChannel, request: Request) -> bool:
+        """Serve a C-FIND, C-MOVE, C-GET or N-ACTION request, answering on `channel`.
+
+        False if no service takes this request (the loop answers "unrecognised operation").
+        """
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Limits:
@@ -110,7 +131,7 @@ class Limits:
 class _Message:
     """The request being received: its command fragments, then its data set's staging file."""
 
-    __slots__ = ("command", "command_bytes", "context", "file", "path", "refusal")
+    __slots__ = ("buffer", "command", "command_bytes", "context", "file", "path", "refusal")
 
     def __init__(self, context: AcceptedContext) -> None:
         self.context = context
@@ -119,6 +140,7 @@ class _Message:
         self.file: int | None = None  # fd of the staging file, while the data set arrives
         self.path: Path | None = None
         self.refusal: tuple[int, str] | None = None  # answer this after draining the data set
+        self.buffer: bytearray | None = None  # a message service's data set, held in memory
 
 
 class AssociationLoop:
@@ -203,7 +225,9 @@ class AssociationLoop:
             self._sock.sendall(reject(result, source, diagnostic))
             self._services.rejected(request, self._peer, reject_reason(source, diagnostic))
             return False
-        accept, contexts = negotiate(request, self._limits.max_pdu)
+        accept, contexts = negotiate(
+            request, self._limits.max_pdu, self._services.message_sop_classes
+        )
         self._sock.sendall(accept)
         self._association = Association(
             calling_ae=request.calling_ae,
@@ -211,6 +235,7 @@ class AssociationLoop:
             peer=self._peer,
             sock=self._sock,
             contexts={cx.context_id: cx for cx in contexts},
+            peer_max_pdu=request.max_pdu,
         )
         self._services.accepted(self._association)
         return True
@@ -281,6 +306,13 @@ class AssociationLoop:
                 raise pdu.ProtocolViolation("a data set fragment arrived inside a command")
             if message.file is not None:
                 _write_all(message.file, value.data)
+            elif message.buffer is not None:
+                message.buffer += value.data
+                if len(message.buffer) > MAX_DATA_SET:
+                    raise pdu.ProtocolViolation(
+                        f"the data set of a {message.command.name} is longer than "
+                        f"{MAX_DATA_SET} bytes"
+                    )
             if value.is_last:
                 self._on_data_set(message)
 
@@ -294,6 +326,12 @@ class AssociationLoop:
                 self._answer(message, *(message.refusal or (STATUS_CANNOT_UNDERSTAND, "")))
             elif message.refusal is None:
                 self._open_staging_file(message, command)
+            return
+        if command.command_field in MESSAGE_SERVICE_COMMANDS:
+            if command.has_data_set:
+                message.buffer = bytearray()
+            else:
+                self._serve_message(message)
             return
         if command.has_data_set:  # not ours to read: drain it, then answer
             message.refusal = (
@@ -313,8 +351,10 @@ class AssociationLoop:
             )
 
     def _check_store(self, context: AcceptedContext, command: Command) -> tuple[int, str] | None:
-        if command.affected_sop_class_uid != context.abstract_syntax or not is_storage(
-            context.abstract_syntax
+        if (
+            command.affected_sop_class_uid != context.abstract_syntax
+            or not is_storage(context.abstract_syntax)
+            or not context.as_scp
         ):
             return (
                 STATUS_SOP_CLASS_NOT_SUPPORTED,
@@ -356,6 +396,9 @@ class AssociationLoop:
         if message.refusal is not None:
             self._answer(message, *message.refusal)
             return
+        if message.buffer is not None:
+            self._serve_message(message)
+            return
         assert message.file is not None and message.path is not None
         os.close(message.file)
         message.file = None
@@ -366,6 +409,33 @@ class AssociationLoop:
                 message.path.unlink()  # ingest consumed it on success; a refusal leaves it
             message.path = None
         self._answer(message, status, comment)
+
+    def _serve_message(self, message: _Message) -> None:
+        """Hand a whole request to its message service; it answers on the channel."""
+        association = self._association
+        command = message.command
+        assert association is not None and command is not None
+        self._message = None
+        data = None if message.buffer is None else bytes(message.buffer)
+        request = Request(message.context, decode_command_set(bytes(message.command_bytes)), data)
+        channel = MessageChannel(
+            self._sock, self._reader, association.contexts, association.peer_max_pdu
+        )
+        try:
+            served = self._services.serve(association, channel, request)
+        except ChannelError as exc:
+            raise pdu.ProtocolViolation(str(exc)) from exc
+        if not served:
+            self._sock.sendall(
+                pdu.p_data_tf(
+                    message.context.context_id,
+                    encode_response(
+                        command,
+                        STATUS_UNRECOGNISED_OPERATION,
+                        f"{command.name} is not served on this listener",
+                    ),
+                )
+            )
 
     def _answer(self, message: _Message, status: int, comment: str | None) -> None:
         command = message.command

@@ -60,7 +60,15 @@ class Command:
         return _NAMES.get(self.command_field, f"command 0x{self.command_field:04X}")
 
 
-_NAMES = {C_STORE_RQ: "C-STORE-RQ", C_ECHO_RQ: "C-ECHO-RQ", C_CANCEL_RQ: "C-CANCEL-RQ"}
+_NAMES = {
+    C_STORE_RQ: "C-STORE-RQ",
+    C_ECHO_RQ: "C-ECHO-RQ",
+    C_CANCEL_RQ: "C-CANCEL-RQ",
+    0x0010: "C-GET-RQ",
+    0x0020: "C-FIND-RQ",
+    0x0021: "C-MOVE-RQ",
+    0x0130: "N-ACTION-RQ",
+}
 
 
 def decode_command(data: bytes | bytearray | memoryview) -> Command:

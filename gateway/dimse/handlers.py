@@ -3,19 +3,22 @@
 The association loop (gateway/dimse/association.py) calls these in the connection's thread.
 C-STORE answers Success only after ingest returned, i.e. after the bytes are durable and the
 instance, Decision and deliveries are committed. Every association step is audited
-(gateway/dimse/audit.py) and traced (gateway/dimse/tracing.py).
+(gateway/dimse/audit.py) and traced (gateway/dimse/tracing.py). The message services
+(query/retrieve, storage commitment) are `MessageService`s handed in by the listener's
+builder (gateway/dimse/ae.py); requests are dispatched to them by SOP class.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.config import Settings
 from gateway.dimse.association import Association
 from gateway.dimse.audit import AssociationAudit
+from gateway.dimse.channel import ChannelError, MessageChannel, Request
 from gateway.dimse.commands import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_OUT_OF_RESOURCES,
@@ -39,6 +42,19 @@ from gateway.telemetry import (
 
 log = logging.getLogger(__name__)
 
+STATUS_PROCESSING_FAILURE = 0x0110  # N-ACTION and other DIMSE-N services
+
+
+class MessageService(Protocol):
+    """A DIMSE service answered with whole messages (C-FIND, C-MOVE, C-GET, N-ACTION)."""
+
+    @property
+    def sop_classes(self) -> frozenset[str]:
+        """The SOP classes (abstract syntaxes) this service serves."""
+
+    def serve(self, association: Association, channel: MessageChannel, request: Request) -> None:
+        """Answer `request`; every response is sent on `channel` before returning."""
+
 
 class DimseHandlers:
     """The services of one listener; dependencies are injected, nothing is global."""
@@ -49,7 +65,9 @@ class DimseHandlers:
         ingestor: Ingestor,
         audit: Callable[..., None],
         telemetry: Telemetry | None = None,
+        services: Sequence[MessageService] = (),
     ) -> None:
+        self._services = {uid: service for service in services for uid in service.sop_classes}
         self._settings = settings
         self._ingestor = ingestor
         self._audit = AssociationAudit(self._safe_audit)
@@ -106,6 +124,32 @@ class DimseHandlers:
 
     def echo(self, association: Association, command: Command) -> int:
         return STATUS_SUCCESS
+
+    @property
+    def message_sop_classes(self) -> frozenset[str]:
+        return frozenset(self._services)
+
+    def serve(self, association: Association, channel: MessageChannel, request: Request) -> bool:
+        """Dispatch to the service of the request's SOP class; a failure it did not answer
+        becomes a failure status, never a dropped association."""
+        service = self._services.get(request.context.abstract_syntax)
+        if service is None:
+            return False
+        try:
+            service.serve(association, channel, request)
+        except (ChannelError, OSError):
+            raise
+        except Exception as exc:
+            log.exception(
+                "%s from %s@%s failed", _name(request), association.calling_ae, association.peer
+            )
+            status = (
+                STATUS_PROCESSING_FAILURE
+                if request.command_field >= 0x0100
+                else STATUS_CANNOT_UNDERSTAND
+            )
+            channel.respond(request, status, ErrorComment=f"internal error: {type(exc).__name__}")
+        return True
 
     def store(
         self, association: Association, command: Command, path: Path
@@ -167,3 +211,8 @@ class DimseHandlers:
             self._write_audit(kind, **fields)
         except Exception:
             log.exception("could not write audit event %s", kind)
+
+
+def _name(request: Request) -> str:
+    names = {0x0010: "C-GET", 0x0020: "C-FIND", 0x0021: "C-MOVE", 0x0130: "N-ACTION"}
+    return names.get(request.command_field, f"command 0x{request.command_field:04X}")

@@ -12,7 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cache
 
-from pydicom.uid import UID, AllTransferSyntaxes
+from pydicom.uid import (
+    UID,
+    AllTransferSyntaxes,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
@@ -66,6 +73,8 @@ class AcceptedContext:
     context_id: int
     abstract_syntax: str
     transfer_syntax: str
+    as_scp: bool = True  # the peer may send us requests of this SOP class
+    as_scu: bool = False  # we may send requests (C-GET's C-STORE sub-operations) to the peer
 
 
 def decode_request(body: bytes | memoryview) -> AssociationRequest:
@@ -87,10 +96,14 @@ def decode_request(body: bytes | memoryview) -> AssociationRequest:
     )
 
 
-def negotiate(request: AssociationRequest, max_pdu: int) -> tuple[bytes, list[AcceptedContext]]:
+def negotiate(
+    request: AssociationRequest, max_pdu: int, services: frozenset[str] = frozenset()
+) -> tuple[bytes, list[AcceptedContext]]:
     """The encoded A-ASSOCIATE-AC PDU and the contexts it accepts.
 
-    `max_pdu` is the longest PDU we accept (announced to the peer in the AC).
+    `max_pdu` is the longest PDU we accept (announced to the peer in the AC); `services` the
+    SOP classes of the message services the listener runs (query/retrieve, commitment), offered
+    besides Verification and Storage.
     """
     asked = request.primitive
     roles = {
@@ -99,7 +112,9 @@ def negotiate(request: AssociationRequest, max_pdu: int) -> tuple[bytes, list[Ac
         if isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid is not None
     }
     results, role_replies = negotiate_as_acceptor(
-        asked.presentation_context_definition_list, list(_supported_contexts()), roles or None
+        asked.presentation_context_definition_list,
+        [*_supported_contexts(), *_service_contexts(services)],
+        roles or None,
     )
     answer = A_ASSOCIATE()
     answer.application_context_name = APPLICATION_CONTEXT
@@ -122,6 +137,8 @@ def negotiate(request: AssociationRequest, max_pdu: int) -> tuple[bytes, list[Ac
             context_id=int(cx.context_id or 0),
             abstract_syntax=str(cx.abstract_syntax),
             transfer_syntax=str(cx.transfer_syntax[0]),
+            as_scp=bool(cx.as_scp),
+            as_scu=bool(cx.as_scu),
         )
         for cx in results
         if cx.result == 0x00 and cx.transfer_syntax
@@ -152,8 +169,25 @@ def is_storage(sop_class_uid: str) -> bool:
 def _supported_contexts() -> tuple[PresentationContext, ...]:
     syntaxes: list[str | UID] = list(AllTransferSyntaxes)
     contexts = [build_context(VERIFICATION_SOP_CLASS)]
-    contexts += [build_context(uid, syntaxes) for uid in _STORAGE_CLASSES.values()]
+    for uid in _STORAGE_CLASSES.values():
+        # Both roles: a C-GET requestor proposes to be the storage SCP of its retrieval.
+        context = build_context(uid, syntaxes)
+        context.scu_role = True
+        context.scp_role = True
+        contexts.append(context)
     return tuple(contexts)
+
+
+@cache
+def _service_contexts(services: frozenset[str]) -> tuple[PresentationContext, ...]:
+    # Identifiers and action information are small: the uncompressed syntaxes are enough.
+    syntaxes: list[str | UID] = [
+        ImplicitVRLittleEndian,
+        ExplicitVRLittleEndian,
+        DeflatedExplicitVRLittleEndian,
+        ExplicitVRBigEndian,
+    ]
+    return tuple(build_context(uid, syntaxes) for uid in sorted(services))
 
 
 @cache
