@@ -69,7 +69,7 @@ log = logging.getLogger(__name__)
 class Source:
     """Who sent an instance and through which door."""
 
-    door: str  # "dimse" | "stowrs"
+    door: str  # "dimse" | "stowrs" | "import"
     calling_ae: str | None = None
     called_ae: str | None = None
     peer: str | None = None

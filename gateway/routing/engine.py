@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 ContextName: TypeAlias = Literal["calling_ae", "called_ae", "source", "site"]
 CONTEXT_FIELDS: tuple[ContextName, ...] = ("calling_ae", "called_ae", "source", "site")
-SOURCES = ("dimse", "stowrs")
+SOURCES = ("dimse", "stowrs", "import")
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 SEEN_LIMIT = 64
 _NUMERIC_VRS = frozenset({"IS", "DS", "US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"})
