@@ -29,9 +29,7 @@ def _digests(folder: Path) -> dict[Path, str]:
     }
 
 
-def test_import_folder_is_routed_delivered_and_reported(
-    tmp_path: Path, storescp: StoreSCP
-) -> None:
+def test_import_folder_is_routed_delivered_and_reported(tmp_path: Path, storescp: StoreSCP) -> None:
     export = tmp_path / "export"
     series = make_ct_series(export / "CT" / "SERIES1", 6, rows=64, cols=64)
     (export / "README.TXT").write_text("patient CD\n")
