@@ -1,4 +1,5 @@
-"""The `dicom-gateway` command: serve, check-config, trace, queue, retry, import, token, audit.
+"""The `dicom-gateway` command: serve, check-config, trace, queue, retry, import, spool-check,
+token, audit.
 
 Every command reads the same YAML config (`--config`, or $DICOM_GATEWAY_CONFIG, or
 ./gateway.yaml). Errors print one line that names the problem and the fix, and exit non-zero.
@@ -26,7 +27,6 @@ from gateway.exceptions import GatewayError
 if TYPE_CHECKING:
     from gateway.config import Settings
     from gateway.db import Database
-    from gateway.importer import ImportReport
 
 log = logging.getLogger("gateway")
 
@@ -90,6 +90,16 @@ def _parser() -> argparse.ArgumentParser:
     bulk.add_argument("--calling-ae", help="route as if sent by this AE title (rules' calling_ae)")
     bulk.add_argument("--batch", type=int, default=50, help="files committed together (50)")
     bulk.set_defaults(handler=_import)
+    check_spool = command(
+        "spool-check", "check that every recorded instance has its bytes; find crash leftovers"
+    )
+    check_spool.add_argument("--verify", action="store_true", help="re-hash every object")
+    check_spool.add_argument(
+        "--delete-orphans", action="store_true", help="delete unreferenced objects past --min-age"
+    )
+    check_spool.add_argument("--min-age", default="24h", help="orphan age: 30m, 24h, 7d (24h)")
+    check_spool.add_argument("--json", action="store_true", help="machine-readable output")
+    check_spool.set_defaults(handler=_spool_check)
     token = command("token", "print a bearer token from the built-in issuer (auth.mode builtin)")
     token.add_argument(
         "--scope",
@@ -262,6 +272,7 @@ def _import(args: argparse.Namespace) -> int:
     from gateway.db import open_database
     from gateway.importer import ImportReport, find_files, import_files
     from gateway.ingest import Ingestor, Source
+    from gateway.maintenance_report import format_import
     from gateway.progress import ProgressLine, human_bytes, rate_and_eta
     from gateway.spool import open_spool
 
@@ -302,38 +313,42 @@ def _import(args: argparse.Namespace) -> int:
         f"import: {report.seen}/{report.total_files} files, "
         f"{human_bytes(report.seen_bytes)} in {elapsed:.1f} s"
     )
-    print(_import_summary(report))
+    print(format_import(report))
     db.close()
     if report.stopped:
         return 2
     return 1 if report.refused else 0
 
 
-def _import_summary(report: ImportReport) -> str:
-    from gateway.db.instances import IngestOutcome
+def _spool_check(args: argparse.Namespace) -> int:
+    from gateway.db import open_database
+    from gateway.maintenance_report import format_spool_check, spool_check_json
+    from gateway.progress import ProgressLine, human_bytes
+    from gateway.spool import open_spool
+    from gateway.spool_check import SpoolCheckReport, check_spool
 
-    counts = report.outcomes
-    lines = [
-        f"accepted {report.accepted}: stored {counts.get(IngestOutcome.STORED, 0)}, "
-        f"already held {counts.get(IngestOutcome.IDENTICAL, 0)}, "
-        f"replaced {counts.get(IngestOutcome.REPLACED, 0)}, "
-        f"ignored (duplicate_policy) {counts.get(IngestOutcome.IGNORED, 0)}"
-    ]
-    for title, items in (("refused", report.refused), ("skipped", report.skipped)):
-        if items:
-            lines.append(f"{title} {len(items)}:")
-            lines += [f"  {path}: {reason}" for path, reason in items[:20]]
-            if len(items) > 20:
-                lines.append(f"  ... and {len(items) - 20} more")
-    if report.stopped:
-        lines.append(
-            f"stopped early: {report.stopped}; files committed before this are stored and "
-            "queued; free space (or fix the storage) and run the same import again: files "
-            "already held are recognised and not sent twice"
+    settings = _settings(args)
+    progress = ProgressLine()
+
+    def show(report: SpoolCheckReport) -> None:
+        progress.update(
+            f"spool-check: {report.listed} objects listed ({human_bytes(report.listed_bytes)})"
+            + (f", {report.verified} verified" if args.verify else "")
         )
-    elif report.accepted:
-        lines.append(
-            "deliveries are queued; a running `dicom-gateway serve` sends them "
-            "(`dicom-gateway queue` shows progress)"
-        )
-    return "\n".join(lines)
+
+    report = check_spool(
+        open_database(settings.storage.database),
+        open_spool(settings.storage.spool),
+        min_age=_duration(args.min_age),
+        delete_orphans=args.delete_orphans,
+        verify=args.verify,
+        on_progress=show,
+    )
+    progress.done(
+        f"spool-check: {report.listed} objects listed ({human_bytes(report.listed_bytes)})"
+    )
+    if args.json:
+        print(json.dumps(spool_check_json(report), indent=2))
+    else:
+        print(format_spool_check(report, deleting=args.delete_orphans))
+    return 0 if report.healthy else 1

@@ -11,7 +11,7 @@ reading.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,15 @@ class StoredObject:
     key: str
     size: int
     sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolEntry:
+    """One object found by listing the spool (for checks, never on the ingest path)."""
+
+    key: str
+    size: int
+    modified: float  # epoch seconds
 
 
 def spool_key(study_uid: str, series_uid: str, sop_uid: str) -> str:
@@ -78,6 +87,10 @@ class Spool(Protocol):
         ...
 
     def exists(self, key: str) -> bool: ...
+
+    def list_objects(self) -> Iterator[SpoolEntry]:
+        """Every object in the spool (not the staging folder), listed as it is now."""
+        ...
 
     def check(self) -> None:
         """Raise SpoolError if the spool cannot take writes now (readiness probe)."""

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from gateway.exceptions import SpoolError
-from gateway.spool.base import StoredObject
+from gateway.spool.base import SpoolEntry, StoredObject
 
 _CHUNK = 1024 * 1024
 _HASH_IN_PARALLEL = 256 * 1024  # below this a helper thread costs more than it saves
@@ -174,6 +174,18 @@ class FilesystemSpool:
                 _fsync_path(paths[0])
         except OSError as exc:
             raise SpoolError(f"cannot make {what} durable in the spool: {exc.strerror}") from exc
+
+    def list_objects(self) -> Iterator[SpoolEntry]:
+        for folder, dirs, files in os.walk(self.root):
+            if folder == str(self.root):
+                dirs[:] = [d for d in dirs if d != self._staging.name]
+            dirs.sort()
+            relative = os.path.relpath(folder, self.root)
+            for name in sorted(files):
+                with contextlib.suppress(FileNotFoundError):  # deleted while we walk
+                    info = os.stat(os.path.join(folder, name))
+                    key = name if relative == "." else f"{relative.replace(os.sep, '/')}/{name}"
+                    yield SpoolEntry(key=key, size=info.st_size, modified=info.st_mtime)
 
     def open(self, key: str) -> BinaryIO:
         try:

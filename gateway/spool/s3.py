@@ -40,7 +40,7 @@ from botocore.exceptions import (
 )
 
 from gateway.exceptions import SpoolError
-from gateway.spool.base import StoredObject
+from gateway.spool.base import SpoolEntry, StoredObject
 from gateway.spool.s3url import S3Location, parse_s3_url
 
 log = logging.getLogger(__name__)
@@ -177,6 +177,20 @@ class S3Spool:
         except _MissingObjectError:
             return False
         return True
+
+    def list_objects(self) -> Iterator[SpoolEntry]:
+        prefix = self._display_prefix()
+        with self._translated("list"):
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.location.bucket, Prefix=prefix
+            )
+            for page in pages:
+                for item in page.get("Contents", ()):
+                    yield SpoolEntry(
+                        key=str(item["Key"])[len(prefix) :],
+                        size=int(item["Size"]),
+                        modified=item["LastModified"].timestamp(),
+                    )
 
     def check(self) -> None:
         with self._translated("check"):

@@ -179,3 +179,16 @@ def test_big_object_goes_up_in_parts_and_streams_back(spool_backend: Backends) -
         assert head["ETag"].strip('"').endswith("-5"), "uploaded as a 5-part multipart upload"
         assert head["ContentLength"] == size
         assert head["Metadata"]["sha256"] == digest.hexdigest()
+
+
+def test_list_objects_names_every_object_but_not_staging(spool: Spool) -> None:
+    keys = [new_key(n) for n in range(3)]
+    for n, key in enumerate(keys):
+        spool.put(stage(spool, bytes([n]) * (100 + n)), key)
+    stage(spool, b"half received", "partial.dcm")
+    listed = {entry.key: entry for entry in spool.list_objects()}
+    assert set(listed) == set(keys)
+    assert [listed[key].size for key in keys] == [100, 101, 102]
+    assert all(entry.modified > 0 for entry in listed.values())
+    spool.delete(keys[0])
+    assert {entry.key for entry in spool.list_objects()} == set(keys[1:])

@@ -83,6 +83,11 @@ def test_import_folder_is_routed_delivered_and_reported(tmp_path: Path, storescp
         assert again.returncode == 0, again.stdout + again.stderr
         assert "accepted 6: stored 0, already held 6" in again.stdout
         assert trace(gateway, study)["summary"] == {"pacs": {"delivered": 6}}
+
+        checked = gateway.run_cli("spool-check", "--config", str(config), "--verify")
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert "6 instances recorded, 6 objects in the spool" in checked.stdout
+        assert "verified 6 object(s)" in checked.stdout
     finally:
         gateway.stop()
 
