@@ -119,3 +119,16 @@ def test_factory_builds_an_s3_sender_and_reads_the_named_variables(
     sender = make_sender(lake, calling_ae_title="GATEWAY")
     assert isinstance(sender, S3Sender) and sender.name == "lake"
     sender.close()
+
+
+def test_the_documented_example_validates() -> None:
+    import re
+
+    import yaml
+
+    text = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    match = re.search(r"## Full example\n\n```yaml\n(.*?)```", text, re.S)
+    assert match is not None
+    settings = parse_settings(yaml.safe_load(match.group(1)), base_dir=Path("/"))
+    lake = settings.destinations["lake"]
+    assert isinstance(lake, S3Destination) and lake.location.sse_kms_key_id == "alias/lake"
