@@ -59,10 +59,16 @@ def _s3_sender(destination: S3Destination) -> Sender:
     """An S3Sender; credentials from the named variables, read now, else the AWS chain."""
     from functools import partial
 
-    from gateway.forward.s3 import S3Sender
-    from gateway.s3client import make_client
-
     key = f"destinations.{destination.name}"
+    try:
+        from gateway.forward.s3 import S3Sender
+        from gateway.s3client import make_client
+    except ImportError as exc:
+        raise ConfigError(
+            f"{key} is an s3 destination but the S3 backend is not installed; "
+            "run: pip install 'dicom-gateway[s3]'"
+        ) from exc
+
     secrets: dict[str, str] = {}
     for option, argument in (
         ("access_key_id_env", "access_key_id"),

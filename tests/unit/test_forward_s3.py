@@ -183,6 +183,36 @@ def test_other_bytes_under_the_key_are_replaced_and_said_so(
             assert body(seaweedfs_server, s3_bucket, keys[inst.delivery_id]) == source.read()
 
 
+@pytest.mark.parametrize(
+    ("storage_class", "outcome"),
+    [("STANDARD_IA", Outcome.DELIVERED), ("BOGUS", Outcome.PERMANENT)],
+)
+def test_storage_class_is_sent_and_a_refused_one_is_permanent(
+    tmp_path: Path,
+    seaweedfs_server: SeaweedFS,
+    s3_bucket: str,
+    storage_class: str,
+    outcome: Outcome,
+) -> None:
+    # Config validation refuses BOGUS; here it reaches S3 to see how a 400 is settled.
+    [inst] = series(tmp_path, 1)
+    sender = S3Sender(
+        name="lake",
+        location=parse_s3_url(f"s3://{s3_bucket}"),
+        client_factory=lambda: seaweed_client(seaweedfs_server),
+        storage_class=storage_class,
+    )
+    [result] = sender.send([inst])
+    assert result.outcome is outcome, result
+    if outcome is Outcome.PERMANENT:
+        assert result.status == "HTTP 400 InvalidStorageClass"
+        assert "destinations.lake" in result.detail
+        return
+    key = f"{inst.study_instance_uid}/{inst.series_instance_uid}/{inst.sop_instance_uid}.dcm"
+    head = seaweedfs_server.client().head_object(Bucket=s3_bucket, Key=key)
+    assert head["StorageClass"] == storage_class
+
+
 def test_a_missing_bucket_is_permanent_with_the_fix(
     tmp_path: Path, seaweedfs_server: SeaweedFS
 ) -> None:
