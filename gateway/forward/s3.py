@@ -80,6 +80,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from gateway.dicom.uids import is_valid_uid
 from gateway.exceptions import ConfigError, GatewayError
 from gateway.forward.base import Outcome, OutgoingInstance, SendResult
 from gateway.s3client import (
@@ -476,14 +477,15 @@ class _HashingReader:
 
 
 def _metadata(inst: OutgoingInstance, digest: str) -> dict[str, str]:
-    return {
-        "sha256": digest,
+    """User metadata (x-amz-meta-*): HTTP headers, so only values that are UIDs go in."""
+    uids = {
         "study-instance-uid": inst.study_instance_uid,
         "series-instance-uid": inst.series_instance_uid,
         "sop-instance-uid": inst.sop_instance_uid,
         "sop-class-uid": inst.sop_class_uid,
         "transfer-syntax-uid": inst.transfer_syntax_uid,
     }
+    return {"sha256": digest, **{name: uid for name, uid in uids.items() if is_valid_uid(uid)}}
 
 
 def _spool_result(inst: OutgoingInstance, detail: str) -> SendResult:

@@ -273,6 +273,20 @@ def test_a_uid_that_is_no_uid_names_no_key(
     assert client.calls == []
 
 
+def test_metadata_holds_only_values_that_are_uids(
+    tmp_path: Path, seaweedfs_server: SeaweedFS, s3_bucket: str
+) -> None:
+    [inst] = series(tmp_path, 1)
+    sender = sender_for(f"s3://{s3_bucket}", lambda: seaweed_client(seaweedfs_server))
+    odd = OutgoingInstance(**{**_fields(inst), "transfer_syntax_uid": "1.2\r\nX-Evil: 1"})
+    [result] = sender.send([odd])
+    assert result.outcome is Outcome.DELIVERED, result
+    key = f"{inst.study_instance_uid}/{inst.series_instance_uid}/{inst.sop_instance_uid}.dcm"
+    metadata = seaweedfs_server.client().head_object(Bucket=s3_bucket, Key=key)["Metadata"]
+    assert "transfer-syntax-uid" not in metadata and "x-evil" not in metadata
+    assert metadata["sop-instance-uid"] == inst.sop_instance_uid
+
+
 def test_spool_bytes_that_are_not_the_recorded_ones_are_not_left_in_the_bucket(
     tmp_path: Path, seaweedfs_server: SeaweedFS, s3_bucket: str
 ) -> None:
