@@ -479,3 +479,34 @@ def test_a_200_mb_object_streams_in_parts_with_bounded_memory(
 
 def _fields(inst: OutgoingInstance) -> dict[str, Any]:
     return {name: getattr(inst, name) for name in OutgoingInstance.__dataclass_fields__}
+
+
+# -- telemetry ---------------------------------------------------------------------------------
+
+
+def test_each_attempt_is_an_s3_put_span(
+    tmp_path: Path, seaweedfs_server: SeaweedFS, s3_bucket: str
+) -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from gateway.forward.traced import TracedSender
+    from gateway.telemetry import Telemetry
+
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    telemetry = Telemetry(tracer_provider=provider)
+    [good] = series(tmp_path, 1, seed=5)
+    [bad] = series(tmp_path, 1, seed=6)
+    for url, inst in ((f"s3://{s3_bucket}", good), ("s3://no-such-bucket-here", bad)):
+        inner = sender_for(url, lambda: seaweed_client(seaweedfs_server))
+        TracedSender(inner, destination="lake", kind="s3", telemetry=telemetry).send([inst])
+    ok, failed = (s for s in spans.get_finished_spans() if s.name == "S3 PUT send")
+    assert ok.kind is trace.SpanKind.CLIENT and ok.attributes is not None
+    assert ok.attributes["http.status_code"] == 200
+    assert ok.attributes["gateway.destination"] == "lake"
+    assert failed.status.status_code is trace.StatusCode.ERROR
+    assert failed.attributes is not None and failed.attributes["http.status_code"] == 404
