@@ -169,9 +169,9 @@ def _check_config(args: argparse.Namespace) -> int:
     print(f"  storage: spool {settings.storage.spool}, database {settings.storage.database}")
     for name, destination in settings.destinations.items():
         where = (
-            destination.url
-            if destination.type == "dicomweb"
-            else f"{destination.ae_title}@{destination.host}:{destination.port}"
+            f"{destination.ae_title}@{destination.host}:{destination.port}"
+            if destination.type == "dimse"
+            else destination.url
         )
         print(f"  destination {name}: {destination.type} {where}")
     for rule in settings.routes:

@@ -31,6 +31,7 @@ from gateway.destinations import (
     DicomwebDestination,
     DimseDestination,
     RetryPolicy,
+    S3Destination,
     parse_destinations,
 )
 from gateway.exceptions import ConfigError
@@ -50,6 +51,7 @@ __all__ = [
     "DicomwebDestination",
     "DimseDestination",
     "RetryPolicy",
+    "S3Destination",
     "Settings",
     "TlsSettings",
     "load_settings",

@@ -1,7 +1,7 @@
 """The `destinations` section: where instances go and how each kind is configured.
 
-Each destination has a `type` (`dicomweb` for STOW-RS, `dimse` for C-STORE), batching limits,
-worker count and a retry policy for the store-and-forward queue.
+Each destination has a `type` (`dicomweb` for STOW-RS, `dimse` for C-STORE, `s3` for objects in
+an S3 bucket), batching limits, worker count and a retry policy for the store-and-forward queue.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from gateway.config_values import number as _number
 from gateway.config_values import text as _text
 from gateway.config_values import tls_settings as _tls
 from gateway.exceptions import ConfigError
+from gateway.s3keys import DEFAULT_KEY_TEMPLATE, check_key_template
+from gateway.spool.s3url import S3Location, parse_s3_url
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,7 +64,29 @@ class DimseDestination:
     type: Literal["dimse"] = "dimse"
 
 
-Destination = DicomwebDestination | DimseDestination
+@dataclass(frozen=True, slots=True, kw_only=True)
+class S3Destination:
+    """Objects in an S3 bucket; see docs/configuration.md ("S3 destinations")."""
+
+    name: str
+    url: str
+    location: S3Location
+    endpoint_url: str | None = None
+    region: str | None = None
+    key_template: str = DEFAULT_KEY_TEMPLATE
+    storage_class: str | None = None
+    access_key_id_env: str | None = None
+    secret_access_key_env: str | None = None
+    session_token_env: str | None = None
+    timeout: float = 60.0
+    max_batch_instances: int = 100
+    max_batch_bytes: int = 256 * 1024 * 1024
+    workers: int = 1
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    type: Literal["s3"] = "s3"
+
+
+Destination = DicomwebDestination | DimseDestination | S3Destination
 
 
 def parse_destinations(raw: object, node_ae: str, base_dir: Path) -> dict[str, Destination]:
@@ -157,8 +181,12 @@ def parse_destinations(raw: object, node_ae: str, base_dir: Path) -> dict[str, D
                 network_timeout=_number(entry, key, "network_timeout", 60.0, minimum=1),
                 tls=_tls(entry.get("tls"), f"{key}.tls", base_dir),
             )
+        elif kind == "s3":
+            result[name] = _s3(entry, key, name, retry, workers)
         else:
-            raise ConfigError(f"{key}.type is {kind!r}; use dicomweb (STOW-RS) or dimse (C-STORE)")
+            raise ConfigError(
+                f"{key}.type is {kind!r}; use dicomweb (STOW-RS), dimse (C-STORE) or s3 (bucket)"
+            )
     return result
 
 
@@ -171,3 +199,108 @@ def _retry(raw: object, key: str) -> RetryPolicy:
         initial_backoff=_number(entry, key, "initial_backoff", 5.0, minimum=0.01),
         max_backoff=_number(entry, key, "max_backoff", 900.0, minimum=0.01),
     )
+
+
+# Storage classes S3 accepts on PutObject; a typo would otherwise fail every upload.
+_STORAGE_CLASSES = frozenset(
+    {
+        "STANDARD",
+        "REDUCED_REDUNDANCY",
+        "STANDARD_IA",
+        "ONEZONE_IA",
+        "INTELLIGENT_TIERING",
+        "GLACIER",
+        "DEEP_ARCHIVE",
+        "OUTPOSTS",
+        "GLACIER_IR",
+        "SNOW",
+        "EXPRESS_ONEZONE",
+    }
+)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_REGION = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")
+
+
+def _s3(
+    entry: dict[str, object], key: str, name: str, retry: RetryPolicy, workers: int
+) -> S3Destination:
+    _no_unknown(
+        entry,
+        key,
+        {
+            "type",
+            "url",
+            "endpoint_url",
+            "region",
+            "key_template",
+            "storage_class",
+            "access_key_id_env",
+            "secret_access_key_env",
+            "session_token_env",
+            "timeout",
+            "max_batch_instances",
+            "max_batch_bytes",
+            "workers",
+            "retry",
+        },
+    )
+    url = _text(entry, key, "url", None)
+    location = parse_s3_url(url, setting=f"{key}.url")
+    endpoint = _optional(entry, key, "endpoint_url")
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"{key}.endpoint_url is {endpoint!r}; give the S3 endpoint's URL, e.g. "
+            "https://s3.eu-west-1.amazonaws.com (leave it out for AWS)"
+        )
+    region = _optional(entry, key, "region")
+    if region is not None and not _REGION.fullmatch(region):
+        raise ConfigError(f"{key}.region is {region!r}; give an AWS region such as eu-west-1")
+    template = check_key_template(
+        _text(entry, key, "key_template", DEFAULT_KEY_TEMPLATE), f"{key}.key_template"
+    )
+    storage_class = _optional(entry, key, "storage_class")
+    if storage_class is not None and storage_class not in _STORAGE_CLASSES:
+        raise ConfigError(
+            f"{key}.storage_class is {storage_class!r}; use one of "
+            f"{', '.join(sorted(_STORAGE_CLASSES))} (or leave it out for the bucket's default)"
+        )
+    env_names = {
+        option: _optional(entry, key, option)
+        for option in ("access_key_id_env", "secret_access_key_env", "session_token_env")
+    }
+    for option, env_name in env_names.items():
+        if env_name is not None and not _ENV_NAME.fullmatch(env_name):
+            raise ConfigError(
+                f"{key}.{option} is {env_name!r}; give the NAME of an environment variable "
+                "(letters, digits, '_'), never the secret itself"
+            )
+    if (env_names["access_key_id_env"] is None) != (env_names["secret_access_key_env"] is None):
+        raise ConfigError(
+            f"{key}: give both access_key_id_env and secret_access_key_env, or neither "
+            "(to use the standard AWS credential chain)"
+        )
+    if env_names["session_token_env"] is not None and env_names["access_key_id_env"] is None:
+        raise ConfigError(
+            f"{key}.session_token_env needs access_key_id_env and secret_access_key_env"
+        )
+    return S3Destination(
+        name=name,
+        url=url,
+        location=location,
+        endpoint_url=endpoint,
+        region=region,
+        key_template=template,
+        storage_class=storage_class,
+        access_key_id_env=env_names["access_key_id_env"],
+        secret_access_key_env=env_names["secret_access_key_env"],
+        session_token_env=env_names["session_token_env"],
+        retry=retry,
+        workers=workers,
+        timeout=_number(entry, key, "timeout", 60.0, minimum=1),
+        max_batch_instances=int(_number(entry, key, "max_batch_instances", 100, minimum=1)),
+        max_batch_bytes=int(_number(entry, key, "max_batch_bytes", 256 * 2**20, minimum=1024)),
+    )
+
+
+def _optional(entry: dict[str, object], key: str, name: str) -> str | None:
+    return None if entry.get(name) is None else _text(entry, key, name, None)

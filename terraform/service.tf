@@ -56,6 +56,31 @@ data "aws_iam_policy_document" "task" {
     actions   = ["secretsmanager:GetSecretValue"]
     resources = [aws_db_instance.state.master_user_secret[0].secret_arn]
   }
+  # `type: s3` destinations: upload (multipart too), HeadObject for the duplicate check,
+  # DeleteObject to remove an object whose bytes did not match the spool's record.
+  dynamic "statement" {
+    for_each = length(var.delivery_bucket_arns) > 0 ? [1] : []
+    content {
+      actions = [
+        "s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:AbortMultipartUpload",
+      ]
+      resources = [for arn in var.delivery_bucket_arns : "${arn}/*"]
+    }
+  }
+  dynamic "statement" {
+    for_each = length(var.delivery_bucket_arns) > 0 ? [1] : []
+    content {
+      actions   = ["s3:ListBucket"] # HeadObject of a missing key answers 404, not 403
+      resources = var.delivery_bucket_arns
+    }
+  }
+  dynamic "statement" {
+    for_each = length(var.delivery_kms_key_arns) > 0 ? [1] : []
+    content {
+      actions   = ["kms:GenerateDataKey", "kms:Decrypt"]
+      resources = var.delivery_kms_key_arns
+    }
+  }
 }
 
 resource "aws_iam_role_policy" "task" {

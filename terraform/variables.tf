@@ -68,3 +68,15 @@ variable "db_instance_class" {
   type        = string
   default     = "db.t4g.medium"
 }
+
+variable "delivery_bucket_arns" {
+  description = "Buckets that `type: s3` destinations deliver to (ARNs); the task role may write them"
+  type        = list(string)
+  default     = []
+}
+
+variable "delivery_kms_key_arns" {
+  description = "KMS keys of those buckets' SSE-KMS (sse_kms_key_id), if any"
+  type        = list(string)
+  default     = []
+}

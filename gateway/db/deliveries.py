@@ -17,7 +17,7 @@ from gateway.db.events import record_event
 # What a sender needs of an instance (not the indexed attributes or the header JSON).
 _SENT_COLUMNS = (
     "i.id, i.sop_instance_uid, i.sop_class_uid, i.study_instance_uid, i.series_instance_uid, "
-    "i.transfer_syntax_uid, i.spool_key, i.size, i.received_at, i.trace_context"
+    "i.transfer_syntax_uid, i.spool_key, i.size, i.received_at, i.trace_context, i.sha256"
 )
 # Bound parameters per statement stay well below SQLite's (32766) and PostgreSQL's limits.
 _IDS_PER_STATEMENT = 500

@@ -44,6 +44,9 @@ class OutgoingInstance:
     local_file: Callable[[], AbstractContextManager[Path]]
     trace_context: str | None = None
     received_at: float | None = None  # epoch seconds, for receive-to-delivered latency
+    # hex SHA-256 of exactly the bytes `open()` returns, or None when unknown (a middleware
+    # that changes the bytes must reset it); the S3 sender's duplicate check uses it
+    sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

