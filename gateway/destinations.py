@@ -20,6 +20,7 @@ from gateway.config_values import number as _number
 from gateway.config_values import text as _text
 from gateway.config_values import tls_settings as _tls
 from gateway.exceptions import ConfigError
+from gateway.transform.settings import TransformSettings, parse_transform
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,6 +42,7 @@ class DicomwebDestination:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     auth: OutboundAuth | None = None
     verify: bool | str = True
+    transform: TransformSettings | None = None
     type: Literal["dicomweb"] = "dicomweb"
 
 
@@ -59,6 +61,7 @@ class DimseDestination:
     network_timeout: float = 60.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     tls: TlsSettings | None = None
+    transform: TransformSettings | None = None
     type: Literal["dimse"] = "dimse"
 
 
@@ -77,6 +80,7 @@ def parse_destinations(raw: object, node_ae: str, base_dir: Path) -> dict[str, D
         kind = entry.get("type")
         retry = _retry(entry.get("retry", {}), f"{key}.retry")
         workers = int(_number(entry, key, "workers", 1, minimum=1))
+        transform = parse_transform(entry.get("transform"), f"{key}.transform", base_dir)
         if kind == "dicomweb":
             _no_unknown(
                 entry,
@@ -91,6 +95,7 @@ def parse_destinations(raw: object, node_ae: str, base_dir: Path) -> dict[str, D
                     "retry",
                     "auth",
                     "verify",
+                    "transform",
                 },
             )
             url = _text(entry, key, "url", None)
@@ -112,6 +117,7 @@ def parse_destinations(raw: object, node_ae: str, base_dir: Path) -> dict[str, D
                 workers=workers,
                 auth=auth,
                 verify=verify,
+                transform=transform,
                 timeout=_number(entry, key, "timeout", 60.0, minimum=1),
                 max_batch_bytes=int(
                     _number(entry, key, "max_batch_bytes", 64 * 2**20, minimum=1024)
@@ -136,6 +142,7 @@ def parse_destinations(raw: object, node_ae: str, base_dir: Path) -> dict[str, D
                     "network_timeout",
                     "retry",
                     "tls",
+                    "transform",
                 },
             )
             result[name] = DimseDestination(
@@ -156,6 +163,7 @@ def parse_destinations(raw: object, node_ae: str, base_dir: Path) -> dict[str, D
                 dimse_timeout=_number(entry, key, "dimse_timeout", 120.0, minimum=1),
                 network_timeout=_number(entry, key, "network_timeout", 60.0, minimum=1),
                 tls=_tls(entry.get("tls"), f"{key}.tls", base_dir),
+                transform=transform,
             )
         else:
             raise ConfigError(f"{key}.type is {kind!r}; use dicomweb (STOW-RS) or dimse (C-STORE)")
