@@ -150,15 +150,16 @@ def _pixel_element(
 
 
 def _trailer(fp: BinaryIO, position: int, *, implicit: bool, little: bool) -> Dataset:
-    fp.seek(position)
-    raw = fp.read(MAX_TRAILER + 1)
-    if not raw:
+    size = fp.seek(0, io.SEEK_END) - position  # not read(MAX + 1): that allocates MAX bytes
+    if size <= 0:
         return Dataset()
-    if len(raw) > MAX_TRAILER:
+    if size > MAX_TRAILER:
         raise TransformError(
-            f"more than {MAX_TRAILER} bytes follow the Pixel Data; such objects are not "
+            f"{size} bytes follow the Pixel Data, more than {MAX_TRAILER}; such objects are not "
             "transformed (send them to a destination without a transform)"
         )
+    fp.seek(position)
+    raw = fp.read(size)
     try:
         return read_dataset(io.BytesIO(raw), implicit, little)
     except Exception as exc:

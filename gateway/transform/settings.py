@@ -24,7 +24,6 @@ from pydicom import config as pydicom_config
 from pydicom.dataelem import DataElement
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRLittleEndian
-from pydicom.valuerep import validate_value
 
 from gateway.config_values import flag as _flag
 from gateway.config_values import mapping as _mapping
@@ -288,11 +287,12 @@ def _checked_value(tag: BaseTag, vr: str, value: Any, key: str) -> CoercedValue:
     else:
         values = value
     try:
-        element = DataElement(tag, vr, list(values) if isinstance(values, tuple) else values)
-        items = element.value if element.VM > 1 else [element.value]
-        for item in items:
-            if item is not None and item != "":
-                validate_value(vr, item, pydicom_config.RAISE)
+        DataElement(
+            tag,
+            vr,
+            list(values) if isinstance(values, tuple) else values,
+            validation_mode=pydicom_config.RAISE,  # pydicom checks each value against the VR
+        )
     except (ValueError, TypeError, OverflowError) as exc:
         what = f"{describe(tag)} (VR {vr})"
         raise ConfigError(f"{key}: {value!r} does not fit {what}: {exc}") from None
