@@ -112,3 +112,20 @@ def test_dicomweb_destinations_take_a_transform_too(tmp_path: Path) -> None:
     }
     cloud = parse_settings(raw, base_dir=tmp_path).destinations["cloud"]
     assert cloud.transform is not None and cloud.transform.transfer_syntax == "1.2.840.10008.1.2.1"
+
+
+def test_the_documented_examples_load(tmp_path: Path) -> None:
+    import re
+
+    import yaml
+
+    docs = Path(__file__).parents[2] / "docs"
+    for name, pattern in (
+        ("transforms.md", r"```yaml\n(.*?)```"),
+        ("configuration.md", r"## Full example\n.*?```yaml\n(.*?)```"),
+    ):
+        match = re.search(pattern, (docs / name).read_text(), re.S)
+        assert match is not None, name
+        settings = parse_settings(yaml.safe_load(match.group(1)), base_dir=tmp_path)
+        transform = settings.destinations["research"].transform
+        assert transform is not None and transform.deidentify is not None, name
