@@ -132,20 +132,22 @@ def _identity(dataset: Dataset) -> str:
     return f"study:{dataset.get('StudyInstanceUID', '')}"
 
 
-def _apply_table(dataset: Dataset, settings: DeidentifySettings, keys: Keys) -> None:
+def _apply_table(
+    dataset: Dataset, settings: DeidentifySettings, keys: Keys, *, top: bool = True
+) -> None:
     table = basic_profile()
     for tag in list(dataset.keys()):
         if tag.element == 0x0000:
             del dataset[tag]  # group lengths would be wrong after any change
             continue
-        if tag in (_PATIENT_NAME, _PATIENT_ID):
-            continue  # replaced by the pseudonym afterwards
+        if top and tag in (_PATIENT_NAME, _PATIENT_ID):
+            continue  # replaced by the pseudonym afterwards; nested ones get the table's action
         element = dataset[tag]
         found = table.lookup(int(tag))
         if found is None:
             if element.VR == "SQ":
                 for item in element.value:
-                    _apply_table(item, settings, keys)
+                    _apply_table(item, settings, keys, top=False)
             continue
         if _retained(element, settings):
             continue
@@ -170,7 +172,7 @@ def _act(
         del dataset[element.tag]
     elif action is Action.CLEAN_SEQUENCE and vr == "SQ":
         for item in element.value:
-            _apply_table(item, settings, keys)
+            _apply_table(item, settings, keys, top=False)
     elif vr == "UI" and action is not Action.EMPTY:
         element.value = _remapped(element.value, keys)
     elif action is Action.REPLACE_UID:

@@ -133,6 +133,10 @@ class Transformer:
         if self.settings.coerce is not None:
             with _step("coercion"):
                 steps.append(coerce(dataset, self.settings.coerce).describe())
+        # Group lengths (retired, PS3.5 7.2) would be wrong after any change.
+        tags = list(dataset.keys())  # a Dataset iterates over elements, not tags
+        for tag in [tag for tag in tags if tag.element == 0 and tag.group != 2]:
+            del dataset[tag]
         return steps
 
     @staticmethod

@@ -192,6 +192,32 @@ def test_references_inside_sequences_are_remapped_consistently(tmp_path: Path) -
     assert ref.ReferencedSOPClassUID == ds.SOPClassUID
 
 
+def test_identities_nested_in_sequences_are_removed_too(tmp_path: Path) -> None:
+    path = tmp_path / "nested.dcm"
+    ds = pydicom.dcmread(MR)
+    source = Dataset()  # Source Patient Group Identification Sequence is not in Table E.1-1
+    source.PatientID = "OTHER-MRN-1"
+    source.PatientName = "ROE^RICHARD"
+    source.IssuerOfPatientID = "OTHER HOSPITAL"
+    ds.SourcePatientGroupIdentificationSequence = [source]
+    ds.add_new(0x00080000, "UL", 1234)  # a (wrong) group length
+    ds.save_as(path)
+    _, out = transformed(transformer({"deidentify": "basic"}, tmp_path), path)
+    (item,) = out.SourcePatientGroupIdentificationSequence
+    assert item.PatientID != "OTHER-MRN-1" and str(item.PatientName) != "ROE^RICHARD"
+    assert "IssuerOfPatientID" not in item
+    assert 0x00080000 not in out
+
+
+def test_group_lengths_go_when_values_change(tmp_path: Path) -> None:
+    path = tmp_path / "lengths.dcm"
+    ds = pydicom.dcmread(MR)
+    ds.add_new(0x00080000, "UL", 1234)
+    ds.save_as(path)
+    _, out = transformed(transformer({"coerce": {"set": {"StationName": "S"}}}, tmp_path), path)
+    assert 0x00080000 not in out and out.StationName == "S"
+
+
 def test_keys_make_valid_uuid_derived_uids() -> None:
     keys = Keys(b"k" * 16)
     uids = {keys.uid(f"1.2.3.{n}") for n in range(500)}
