@@ -27,13 +27,16 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from gateway.config import Destination
 from gateway.exceptions import SpoolError
 from gateway.forward.base import Outcome, OutgoingInstance, Sender, SendResult
 from gateway.transform.errors import TransformError
-from gateway.transform.pipeline import Transformer
 from gateway.transform.settings import TransformSettings
+
+if TYPE_CHECKING:
+    from gateway.transform.pipeline import Transformer
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,10 @@ def transformer_for(destination: Destination) -> Transformer | None:
     settings: TransformSettings | None = getattr(destination, "transform", None)
     if settings is None:
         return None
+    # Imported only when a destination transforms: the action table and pixel transcoding
+    # are not loaded into a gateway that only moves bytes.
+    from gateway.transform.pipeline import Transformer
+
     return Transformer(settings, key=f"destinations.{destination.name}.transform")
 
 
