@@ -81,6 +81,29 @@ class TransformSettings:
     coerce: CoerceSettings | None = None
     transfer_syntax: str | None = None
 
+    def summary(self) -> str:
+        """One line for `check-config`, e.g. `de-identify (basic, key from $X), coerce ...`."""
+        parts = []
+        deid = self.deidentify
+        if deid is not None:
+            source = f"${deid.secret_env}" if deid.secret_env else str(deid.secret_file)
+            options = [
+                name
+                for name, on in (
+                    ("retain dates", deid.retain_dates),
+                    ("retain patient characteristics", deid.retain_patient_characteristics),
+                    ("burned-in allowed", deid.burned_in_annotation == "allow"),
+                )
+                if on
+            ]
+            parts.append(f"de-identify ({', '.join(['basic', *options])}; key from {source})")
+        if self.coerce is not None:
+            c = self.coerce
+            parts.append(f"coerce ({len(c.set)} set, {len(c.remove)} remove, {len(c.map)} map)")
+        if self.transfer_syntax is not None:
+            parts.append(f"transcode to {UID(self.transfer_syntax).name}")
+        return ", then ".join(parts)
+
 
 def parse_transform(raw: object, key: str, base_dir: Path) -> TransformSettings | None:
     """Validate `destinations.NAME.transform`; None when absent or empty."""

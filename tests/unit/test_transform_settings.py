@@ -48,6 +48,10 @@ def test_a_full_transform_loads(tmp_path: Path) -> None:
     ]
     assert [int(tag) for tag in transform.coerce.remove] == [0x00081010, 0x00090010]
     assert transform.transfer_syntax == "1.2.840.10008.1.2.1"
+    assert transform.summary() == (
+        "de-identify (basic, retain dates; key from $RESEARCH_SECRET), then "
+        "coerce (2 set, 2 remove, 1 map), then transcode to Explicit VR Little Endian"
+    )
 
 
 def test_shorthand_and_absence(tmp_path: Path) -> None:
