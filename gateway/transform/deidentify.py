@@ -7,6 +7,7 @@ burned into them is out of scope: see docs/transforms.md and `burned_in_annotati
 What is done, in order:
 1. an image that declares BurnedInAnnotation YES is refused (unless configured to allow it);
 2. private attributes (and their private creators) are removed, at every nesting level;
+   an overlay whose Overlay Data the table removes is removed whole (it would be invalid);
 3. each attribute listed in Table E.1-1 gets its action (gateway/transform/profile.py), in
    nested sequences too; UIDs are replaced with keyed, deterministic `2.25.` UIDs
    (gateway/transform/keys.py), so a study keeps its series and references across instances;
@@ -98,7 +99,13 @@ def deidentify(dataset: Dataset, settings: DeidentifySettings, keys: Keys) -> De
         )
     identity = _identity(dataset)
     dataset.remove_private_tags()
+    overlays = {
+        tag.group
+        for tag in list(dataset.keys())
+        if tag.group >> 8 == 0x60 and tag.element == 0x3000
+    }
     _apply_table(dataset, settings, keys)
+    _drop_groups(dataset, overlays)
     pseudonym = keys.pseudonym(identity, settings.pseudonym_prefix)
     dataset.PatientName = pseudonym
     dataset.PatientID = pseudonym
@@ -184,6 +191,16 @@ def _act(
         element.value = _dummy(vr)
     else:  # EMPTY, or CLEAN_SEQUENCE on a non-sequence
         element.value = None
+
+
+def _drop_groups(dataset: Dataset, groups: set[int]) -> None:
+    """Remove the rest of each overlay whose Overlay Data (60xx,3000) the table removed.
+
+    An Overlay Plane without its (Type 1) data is invalid and some viewers refuse the object;
+    the overlay's description (rows, columns, origin, label) is of no use without it.
+    """
+    for tag in [tag for tag in list(dataset.keys()) if tag.group in groups]:
+        del dataset[tag]
 
 
 def _remapped(value: object, keys: Keys) -> object:

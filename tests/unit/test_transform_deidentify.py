@@ -209,6 +209,14 @@ def test_identities_nested_in_sequences_are_removed_too(tmp_path: Path) -> None:
     assert 0x00080000 not in out
 
 
+def test_an_overlay_goes_whole(tmp_path: Path) -> None:
+    path = FILES / "examples_overlay.dcm"
+    assert (0x6000, 0x3000) in pydicom.dcmread(path)
+    _, out = transformed(transformer({"deidentify": "basic"}, tmp_path), path)
+    assert not [tag for tag in list(out.keys()) if tag.group >> 8 == 0x60]
+    assert out.PixelData == pydicom.dcmread(path).PixelData
+
+
 def test_group_lengths_go_when_values_change(tmp_path: Path) -> None:
     path = tmp_path / "lengths.dcm"
     ds = pydicom.dcmread(MR)
