@@ -174,6 +174,9 @@ def _check_config(args: argparse.Namespace) -> int:
             else destination.url
         )
         print(f"  destination {name}: {destination.type} {where}")
+        transform = getattr(destination, "transform", None)
+        if transform is not None:
+            print(f"    transform: {transform.summary()}")
     for rule in settings.routes:
         flags = " (final)" if rule.final else ""
         print(f"  rule {rule.name}: -> {', '.join(rule.forward)}{flags}")

@@ -22,6 +22,7 @@ from gateway.config_values import tls_settings as _tls
 from gateway.exceptions import ConfigError
 from gateway.s3keys import DEFAULT_KEY_TEMPLATE, check_key_template
 from gateway.spool.s3url import S3Location, parse_s3_url
+from gateway.transform.settings import TransformSettings, parse_transform
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -43,6 +44,7 @@ class DicomwebDestination:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     auth: OutboundAuth | None = None
     verify: bool | str = True
+    transform: TransformSettings | None = None
     type: Literal["dicomweb"] = "dicomweb"
 
 
@@ -61,6 +63,7 @@ class DimseDestination:
     network_timeout: float = 60.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     tls: TlsSettings | None = None
+    transform: TransformSettings | None = None
     type: Literal["dimse"] = "dimse"
 
 
@@ -83,6 +86,7 @@ class S3Destination:
     max_batch_bytes: int = 256 * 1024 * 1024
     workers: int = 1
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    transform: TransformSettings | None = None
     type: Literal["s3"] = "s3"
 
 
@@ -101,6 +105,7 @@ def parse_destinations(raw: object, node_ae: str, base_dir: Path) -> dict[str, D
         kind = entry.get("type")
         retry = _retry(entry.get("retry", {}), f"{key}.retry")
         workers = int(_number(entry, key, "workers", 1, minimum=1))
+        transform = parse_transform(entry.get("transform"), f"{key}.transform", base_dir)
         if kind == "dicomweb":
             _no_unknown(
                 entry,
@@ -115,6 +120,7 @@ def parse_destinations(raw: object, node_ae: str, base_dir: Path) -> dict[str, D
                     "retry",
                     "auth",
                     "verify",
+                    "transform",
                 },
             )
             url = _text(entry, key, "url", None)
@@ -136,6 +142,7 @@ def parse_destinations(raw: object, node_ae: str, base_dir: Path) -> dict[str, D
                 workers=workers,
                 auth=auth,
                 verify=verify,
+                transform=transform,
                 timeout=_number(entry, key, "timeout", 60.0, minimum=1),
                 max_batch_bytes=int(
                     _number(entry, key, "max_batch_bytes", 64 * 2**20, minimum=1024)
@@ -160,6 +167,7 @@ def parse_destinations(raw: object, node_ae: str, base_dir: Path) -> dict[str, D
                     "network_timeout",
                     "retry",
                     "tls",
+                    "transform",
                 },
             )
             result[name] = DimseDestination(
@@ -180,9 +188,10 @@ def parse_destinations(raw: object, node_ae: str, base_dir: Path) -> dict[str, D
                 dimse_timeout=_number(entry, key, "dimse_timeout", 120.0, minimum=1),
                 network_timeout=_number(entry, key, "network_timeout", 60.0, minimum=1),
                 tls=_tls(entry.get("tls"), f"{key}.tls", base_dir),
+                transform=transform,
             )
         elif kind == "s3":
-            result[name] = _s3(entry, key, name, retry, workers)
+            result[name] = _s3(entry, key, name, retry, workers, transform)
         else:
             raise ConfigError(
                 f"{key}.type is {kind!r}; use dicomweb (STOW-RS), dimse (C-STORE) or s3 (bucket)"
@@ -222,7 +231,12 @@ _REGION = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")
 
 
 def _s3(
-    entry: dict[str, object], key: str, name: str, retry: RetryPolicy, workers: int
+    entry: dict[str, object],
+    key: str,
+    name: str,
+    retry: RetryPolicy,
+    workers: int,
+    transform: TransformSettings | None,
 ) -> S3Destination:
     _no_unknown(
         entry,
@@ -242,6 +256,7 @@ def _s3(
             "max_batch_bytes",
             "workers",
             "retry",
+            "transform",
         },
     )
     url = _text(entry, key, "url", None)
@@ -296,6 +311,7 @@ def _s3(
         session_token_env=env_names["session_token_env"],
         retry=retry,
         workers=workers,
+        transform=transform,
         timeout=_number(entry, key, "timeout", 60.0, minimum=1),
         max_batch_instances=int(_number(entry, key, "max_batch_instances", 100, minimum=1)),
         max_batch_bytes=int(_number(entry, key, "max_batch_bytes", 256 * 2**20, minimum=1024)),

@@ -28,6 +28,7 @@ from gateway.ingest import Ingestor, IngestResult
 from gateway.retention import STAGING_LEFTOVER_SECONDS, purge_expired, sweep_staging
 from gateway.spool import Spool, open_spool
 from gateway.telemetry import Telemetry
+from gateway.transform.sender import transformer_for, with_transform
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ class Gateway:
             settings, self.spool, self.db, telemetry=self.telemetry, on_stored=self._new_work
         )
         self._workers: list[DeliveryWorker] = []
+        # Built here, not at start: a missing de-identification secret stops `serve` at once.
+        self._transformers = {n: transformer_for(d) for n, d in settings.destinations.items()}
         self._server: Any = None
         self._housekeeper: threading.Thread | None = None
         self._http: Any = None
@@ -71,7 +74,10 @@ class Gateway:
                 worker = DeliveryWorker(
                     destination=destination,
                     sender=TracedSender(
-                        make_sender(destination, calling_ae_title=self.settings.node.ae_title),
+                        with_transform(
+                            make_sender(destination, calling_ae_title=self.settings.node.ae_title),
+                            self._transformers[destination.name],
+                        ),
                         destination=destination.name,
                         kind=destination.type,
                         telemetry=self.telemetry,

@@ -74,19 +74,32 @@ def to_explicit_little_endian(source: BinaryIO) -> bytes:
     """The Part 10 bytes of `source` re-encoded as Explicit VR Little Endian."""
     try:
         dataset = pydicom.dcmread(source)
-        stored = str(dataset.file_meta.TransferSyntaxUID)
-        if stored == ExplicitVRLittleEndian:
+        if str(dataset.file_meta.TransferSyntaxUID) == ExplicitVRLittleEndian:
             source.seek(0)
             return source.read()
+    except Exception as exc:  # codecs and pydicom raise many types on odd data
+        raise TranscodeError(f"cannot convert to Explicit VR Little Endian: {exc}") from exc
+    buffer = io.BytesIO()
+    write_explicit_little_endian(dataset, buffer)
+    return buffer.getvalue()
+
+
+def write_explicit_little_endian(dataset: Dataset, target: BinaryIO) -> None:
+    """Write `dataset` (read whole, with its file meta) to `target` as Explicit VR Little Endian.
+
+    Used by WADO-RS (above) and by per-destination transcoding (gateway/transform/), which
+    edits the data set first. Changes `dataset` (pixel data decoded, transfer syntax).
+    """
+    try:
+        stored = str(dataset.file_meta.TransferSyntaxUID)
         if is_encapsulated(stored):
             codecs.require()
             dataset.decompress(generate_instance_uid=False)
         elif stored == ExplicitVRBigEndian:
             _swap_words(dataset)
         dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        buffer = io.BytesIO()
         dcmwrite(
-            buffer,
+            target,
             dataset,
             implicit_vr=False,
             little_endian=True,
@@ -100,7 +113,6 @@ def to_explicit_little_endian(source: BinaryIO) -> bytes:
         raise
     except Exception as exc:  # codecs and pydicom raise many types on odd data
         raise TranscodeError(f"cannot convert to Explicit VR Little Endian: {exc}") from exc
-    return buffer.getvalue()
 
 
 def _swap_words(dataset: Dataset) -> None:

@@ -269,7 +269,8 @@ class CStoreSender:
         result, why = rejected.get((inst.sop_class_uid, inst.transfer_syntax_uid), (None, "?"))
         detail = (
             f"{self.ae_title} does not accept SOP class {_uid_name(inst.sop_class_uid)} with "
-            f"transfer syntax {_uid_name(inst.transfer_syntax_uid)} ({why}); we never transcode"
+            f"transfer syntax {_uid_name(inst.transfer_syntax_uid)} ({why}); objects go as "
+            "stored unless the destination sets transform.transfer_syntax (docs/transforms.md)"
         )
         # "Abstract/transfer syntax not supported" is configuration; a bare user or provider
         # rejection of one context gives no reason to believe it will last.
