@@ -51,6 +51,8 @@ class Gateway:
             settings, self.spool, self.db, telemetry=self.telemetry, on_stored=self._new_work
         )
         self._workers: list[DeliveryWorker] = []
+        self._commitment_wake = threading.Event()
+        self._reporter: Any = None
         self._server: Any = None
         self._housekeeper: threading.Thread | None = None
         self._http: Any = None
@@ -65,7 +67,14 @@ class Gateway:
         from gateway.dimse.ae import start_listener
 
         self.telemetry.start()
-        self._server = start_listener(self.settings, self.ingestor, self._audit, self.telemetry)
+        self._server = start_listener(
+            self.settings,
+            self.ingestor,
+            self._audit,
+            self.telemetry,
+            services=self._message_services(),
+        )
+        self._start_reporter()
         for destination in self.settings.destinations.values():
             for index in range(destination.workers):
                 worker = DeliveryWorker(
@@ -92,6 +101,32 @@ class Gateway:
         self._housekeeper.start()
         if self.settings.node.http is not None:
             self._start_http()
+
+    def _message_services(self) -> list[Any]:
+        commitment = self.settings.dimse.storage_commitment
+        if commitment is None:
+            return []
+        from gateway.dimse.commitment import StorageCommitmentService
+
+        return [
+            StorageCommitmentService(commitment, self.db, on_recorded=self._commitment_wake.set)
+        ]
+
+    def _start_reporter(self) -> None:
+        """Storage commitment reports; pending transactions of earlier runs resume here."""
+        commitment = self.settings.dimse.storage_commitment
+        if commitment is None:
+            return
+        from gateway.commitment.reporter import CommitmentReporter
+
+        self._reporter = CommitmentReporter(
+            settings=commitment,
+            db=self.db,
+            owner=f"{self.instance_name}/commitment",
+            stop=self._stop,
+            wake=self._commitment_wake,
+        )
+        self._reporter.start()
 
     def _start_http(self) -> None:
         import uvicorn
@@ -144,6 +179,7 @@ class Gateway:
         self._stop.set()
         for wake in self._wake.values():
             wake.set()
+        self._commitment_wake.set()
         if self._http is not None:
             self._http.should_exit = True
             if self._http_thread is not None:
@@ -155,6 +191,9 @@ class Gateway:
         for worker in self._workers:
             worker.join(timeout=30)
         self._workers.clear()
+        if self._reporter is not None:
+            self._reporter.join(timeout=30)
+            self._reporter = None
         self.telemetry.shutdown()
         self.db.close()
 

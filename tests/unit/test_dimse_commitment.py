@@ -1,0 +1,279 @@
+"""Storage Commitment Push Model SCP on the listener, with pynetdicom as the modality.
+
+The N-ACTION service and the reporter run in this process against a real listener, database
+and ingest; the modality (tests/harness/commitment.py) sends N-ACTION and receives the
+N-EVENT-REPORT on its own listener. Bad requests must get their precise status and leave no
+row behind.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from gateway.commitment.reporter import CommitmentReporter
+from gateway.db import Database, open_database
+from gateway.db.events import audit, events_for
+from gateway.dimse.ae import Limits
+from gateway.dimse.commitment import StorageCommitmentService
+from gateway.dimse.handlers import DimseHandlers
+from gateway.dimse.listener import DimseListener
+from gateway.ingest import Ingestor, Source
+from gateway.spool.filesystem import FilesystemSpool
+from tests.harness import free_port, wait_until
+from tests.harness.commitment import Modality
+from tests.unit.test_ingest import make_file, settings
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+MR = "1.2.840.10008.5.1.4.1.1.4"
+SOURCE = Source(door="dimse", calling_ae="MODALITY", called_ae="GATEWAY", peer="127.0.0.1")
+
+
+@dataclass
+class Side:
+    port: int
+    db: Database
+    ingestor: Ingestor
+    modality: Modality
+    tmp_path: Path
+
+    def store(self, count: int) -> list[tuple[str, str]]:
+        stored = []
+        for _ in range(count):
+            path = make_file(self.ingestor.staging_dir)
+            uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+            self.ingestor.accept_file(path, SOURCE)
+            stored.append((CT, uid))
+        return stored
+
+    def rows(self) -> list[dict[str, Any]]:
+        with self.db.transaction(write=False) as cur:
+            return cur.execute("SELECT * FROM commitments ORDER BY id").fetchall()
+
+
+def commitment_config(modality_port: int, **overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "timeout": 1.0,
+        "poll_interval": 0.05,
+        "acse_timeout": 5,
+        "dimse_timeout": 5,
+        "peers": {"MODALITY": {"host": "127.0.0.1", "port": modality_port}},
+        "retry": {"initial_backoff": 0.05, "max_backoff": 0.2},
+    }
+    config.update(overrides)
+    return config
+
+
+def start_side(tmp_path: Path, listen: bool = True, **overrides: Any) -> tuple[Side, Any]:
+    modality = Modality("MODALITY", free_port())
+    config = settings(
+        tmp_path, dimse={"storage_commitment": commitment_config(modality.port, **overrides)}
+    )
+    commitment = config.dimse.storage_commitment
+    assert commitment is not None
+    db = open_database(config.storage.database)
+    ingestor = Ingestor(config, FilesystemSpool(tmp_path / "spool"), db)
+    stop, wake = threading.Event(), threading.Event()
+    service = StorageCommitmentService(commitment, db, on_recorded=wake.set)
+    handlers = DimseHandlers(config, ingestor, partial(audit, db), services=[service])
+    listener = DimseListener(
+        ("127.0.0.1", 0),
+        services=handlers,
+        limits=Limits(max_pdu=16384, acse_timeout=5, network_timeout=5),
+        staging_dir=ingestor.staging_dir,
+        max_associations=4,
+    )
+    listener.start()
+    reporter = CommitmentReporter(
+        settings=commitment, db=db, owner="test/commitment", stop=stop, wake=wake
+    )
+    reporter.start()
+    if listen:
+        modality.listen()
+
+    def close() -> None:
+        stop.set()
+        reporter.join(10)
+        listener.shutdown()
+        modality.stop_listening()
+        db.close()
+
+    return Side(listener.server_address[1], db, ingestor, modality, tmp_path), close
+
+
+@pytest.fixture
+def side(tmp_path: Path) -> Iterator[Side]:
+    value, close = start_side(tmp_path)
+    yield value
+    close()
+
+
+def test_stored_missing_and_conflicting_instances_are_reported(side: Side) -> None:
+    stored = side.store(2)
+    missing = (CT, generate_uid())
+    conflict = (MR, side.store(1)[0][1])  # stored as CT, asked for as MR
+    status, transaction_uid = side.modality.request(side.port, [*stored, missing, conflict])
+    assert int(status.Status) == 0x0000
+    (row,) = side.rows()  # persisted by the time N-ACTION-RSP arrived
+    assert row["transaction_uid"] == transaction_uid and row["item_count"] == 4
+    report = side.modality.report(timeout=10)
+    assert report.event_type == 2
+    assert report.transaction_uid == transaction_uid
+    assert report.committed == stored
+    assert report.failed == [(*missing, 0x0112), (*conflict, 0x0119)]
+    assert report.calling_ae == "GATEWAY"
+    assert report.roles == (False, True), "the gateway must be accepted as SCP, not SCU"
+    wait_until(lambda: side.rows()[0]["state"] == "reported", timeout=5, message="reported")
+    row = side.rows()[0]
+    assert (row["event_type"], row["committed_count"], row["failed_count"]) == (2, 2, 2)
+    kinds = [(e["kind"], e["outcome"]) for e in events_for(side.db, actor="MODALITY")]
+    assert ("commitment.requested", "recorded") in kinds
+    assert ("commitment.reported", "failures") in kinds
+
+
+def test_only_stored_instances_get_event_type_1(side: Side) -> None:
+    stored = side.store(3)
+    status, transaction_uid = side.modality.request(side.port, stored)
+    assert int(status.Status) == 0x0000
+    report = side.modality.report(timeout=10)
+    assert (report.event_type, report.transaction_uid) == (1, transaction_uid)
+    assert report.committed == stored and report.failed == []
+
+
+def test_an_instance_arriving_after_the_request_is_committed(side: Side) -> None:
+    path = make_file(side.tmp_path / "later")
+    uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+    status, _ = side.modality.request(side.port, [(CT, uid)])
+    assert int(status.Status) == 0x0000
+    side.ingestor.accept_file(path, SOURCE)  # within the 1 s timeout
+    report = side.modality.report(timeout=10)
+    assert report.event_type == 1 and report.committed == [(CT, uid)]
+
+
+def test_the_same_request_again_is_reported_again_and_another_is_refused(side: Side) -> None:
+    stored = side.store(1)
+    transaction_uid = generate_uid()
+    first, _ = side.modality.request(side.port, stored, transaction_uid=transaction_uid)
+    assert int(first.Status) == 0x0000
+    assert side.modality.report(timeout=10).event_type == 1
+    again, _ = side.modality.request(side.port, stored, transaction_uid=transaction_uid)
+    assert int(again.Status) == 0x0000
+    assert side.modality.report(timeout=10).transaction_uid == transaction_uid
+    other, _ = side.modality.request(
+        side.port, [(CT, generate_uid())], transaction_uid=transaction_uid
+    )
+    assert int(other.Status) == 0x0115
+    assert "already in use" in str(other.ErrorComment)
+    assert len(side.rows()) == 1
+
+
+BAD_REQUESTS: dict[str, tuple[dict[str, Any], int, str]] = {
+    "action type 2": ({"action_type": 2}, 0x0123, "Action Type ID 2"),
+    "another SOP instance": ({"instance_uid": "1.2.3.4"}, 0x0112, "Requested SOP Instance"),
+    "no action information": ({"send_info": False}, 0x0115, "no Action Information"),
+    "no transaction UID": ({"transaction_uid": None}, 0x0115, "Transaction UID missing"),
+    "invalid transaction UID": (
+        {"transaction_uid": "1.2.abc"},
+        0x0115,
+        "Transaction UID is not a valid UID",
+    ),
+    "no referenced SOP sequence": ({"items": None}, 0x0115, "Referenced SOP Sequence missing"),
+    "empty referenced SOP sequence": ({"items": []}, 0x0115, "Referenced SOP Sequence empty"),
+    "invalid instance UID in item 2": (
+        {"items": [(CT, "1.2.3"), (CT, "1.2.03")]},
+        0x0115,
+        "item 2: SOP Instance UID is not a valid UID",
+    ),
+    "invalid class UID in item 1": (
+        {"items": [("CT", "1.2.3")]},
+        0x0115,
+        "item 1: SOP Class UID is not a valid UID",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_REQUESTS))
+def test_bad_requests_get_precise_statuses_and_persist_nothing(side: Side, name: str) -> None:
+    arguments, expected, comment = BAD_REQUESTS[name]
+    arguments = {"items": [(CT, generate_uid())], **arguments}
+    items = arguments.pop("items")
+    status, _ = side.modality.request(side.port, items, **arguments)
+    assert int(status.Status) == expected, status
+    assert comment in str(status.ErrorComment)
+    assert side.rows() == []
+
+
+def test_unreadable_action_information_is_refused(side: Side) -> None:
+    info = Dataset()
+    info.TransactionUID = generate_uid()
+    info.ReferencedSOPSequence = [Dataset()]  # an item without UIDs
+    status, _ = side.modality.request(side.port, None, info=info)
+    assert int(status.Status) == 0x0115
+    assert "item 1: SOP Class UID missing" in str(status.ErrorComment)
+    assert side.rows() == []
+
+
+def test_a_caller_without_a_report_address_is_refused(side: Side) -> None:
+    stranger = Modality("STRANGER", free_port())
+    status, _ = stranger.request(side.port, [(CT, generate_uid())])
+    assert int(status.Status) == 0x0124
+    assert "STRANGER" in str(status.ErrorComment)
+    assert side.rows() == []
+
+
+def test_an_unreachable_modality_gets_its_report_once_it_listens(tmp_path: Path) -> None:
+    side, close = start_side(tmp_path, listen=False)
+    try:
+        stored = side.store(1)
+        status, transaction_uid = side.modality.request(side.port, stored)
+        assert int(status.Status) == 0x0000
+        wait_until(lambda: side.rows()[0]["attempts"] >= 2, timeout=10, message="retried")
+        assert side.rows()[0]["state"] in ("pending", "leased")
+        assert "cannot associate" in str(side.rows()[0]["last_detail"])
+        side.modality.listen()
+        report = side.modality.report(timeout=10)
+        assert (report.event_type, report.transaction_uid) == (1, transaction_uid)
+    finally:
+        close()
+
+
+def test_a_report_nobody_takes_is_given_up_and_recorded(tmp_path: Path) -> None:
+    side, close = start_side(tmp_path, listen=False, retry={"max_attempts": 2, "max_backoff": 0.1})
+    try:
+        status, transaction_uid = side.modality.request(side.port, side.store(1))
+        assert int(status.Status) == 0x0000
+        wait_until(lambda: side.rows()[0]["state"] == "failed", timeout=10, message="gave up")
+        row = side.rows()[0]
+        assert row["attempts"] == 2 and "gave up after 2 attempts" in row["last_detail"]
+        (failed,) = [
+            e for e in events_for(side.db, actor="MODALITY") if e["kind"] == "commitment.failed"
+        ]
+        detail = json.loads(failed["detail"])
+        assert detail["transaction_uid"] == transaction_uid and detail["committed"] == 1
+    finally:
+        close()
+
+
+def test_a_failure_status_from_the_modality_is_retried(tmp_path: Path) -> None:
+    side, close = start_side(tmp_path)
+    try:
+        side.modality.answer = 0x0110
+        status, _ = side.modality.request(side.port, side.store(1))
+        assert int(status.Status) == 0x0000
+        side.modality.report(timeout=10)
+        side.modality.answer = 0x0000
+        wait_until(lambda: side.rows()[0]["state"] == "reported", timeout=10, message="reported")
+        assert side.rows()[0]["attempts"] >= 2
+        assert "0x0110" not in str(side.rows()[0]["last_detail"])
+    finally:
+        close()
