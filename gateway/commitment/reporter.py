@@ -176,7 +176,7 @@ class CommitmentReporter:
         self._send: ReportSender = send if send is not None else EventReportSender(settings)
         # Long enough for one association and one exchange; a lease of a reporter that died
         # expires after this and another reporter (or this one, restarted) takes it over.
-        self.lease_seconds = 2 * settings.acse_timeout + settings.dimse_timeout + 30
+        self.lease_seconds = 2 * settings.acse_timeout + settings.dimse_timeout + 10
         self._thread = threading.Thread(target=self._run, name=f"{owner}", daemon=True)
 
     def start(self) -> None:

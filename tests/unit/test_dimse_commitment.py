@@ -28,6 +28,7 @@ from gateway.dimse.ae import Limits
 from gateway.dimse.commitment import StorageCommitmentService
 from gateway.dimse.handlers import DimseHandlers
 from gateway.dimse.listener import DimseListener
+from gateway.exceptions import StoreError
 from gateway.ingest import Ingestor, Source
 from gateway.spool.filesystem import FilesystemSpool
 from tests.harness import free_port, wait_until
@@ -277,3 +278,18 @@ def test_a_failure_status_from_the_modality_is_retried(tmp_path: Path) -> None:
         assert "0x0110" not in str(side.rows()[0]["last_detail"])
     finally:
         close()
+
+
+def test_a_request_that_cannot_be_persisted_is_answered_with_a_failure(
+    side: Side, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Durable before acknowledged: Success only after the transaction is committed."""
+
+    def unavailable(*_args: Any, **_kwargs: Any) -> Any:
+        raise StoreError("database error: disk I/O error")
+
+    monkeypatch.setattr("gateway.dimse.commitment.record_request", unavailable)
+    status, _ = side.modality.request(side.port, side.store(1))
+    assert int(status.Status) == 0x0110
+    assert "database unavailable" in str(status.ErrorComment)
+    assert side.rows() == []
