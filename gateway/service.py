@@ -67,6 +67,7 @@ class Gateway:
         from gateway.dimse.ae import start_listener
 
         self.telemetry.start()
+        self._reporter = self._commitment_reporter()  # before the listener: config errors first
         self._server = start_listener(
             self.settings,
             self.ingestor,
@@ -74,7 +75,8 @@ class Gateway:
             self.telemetry,
             services=self._message_services(),
         )
-        self._start_reporter()
+        if self._reporter is not None:
+            self._reporter.start()
         for destination in self.settings.destinations.values():
             for index in range(destination.workers):
                 worker = DeliveryWorker(
@@ -112,21 +114,20 @@ class Gateway:
             StorageCommitmentService(commitment, self.db, on_recorded=self._commitment_wake.set)
         ]
 
-    def _start_reporter(self) -> None:
-        """Storage commitment reports; pending transactions of earlier runs resume here."""
+    def _commitment_reporter(self) -> Any:
+        """Storage commitment reports; pending transactions of earlier runs resume with it."""
         commitment = self.settings.dimse.storage_commitment
         if commitment is None:
-            return
+            return None
         from gateway.commitment.reporter import CommitmentReporter
 
-        self._reporter = CommitmentReporter(
+        return CommitmentReporter(
             settings=commitment,
             db=self.db,
             owner=f"{self.instance_name}/commitment",
             stop=self._stop,
             wake=self._commitment_wake,
         )
-        self._reporter.start()
 
     def _start_http(self) -> None:
         import uvicorn

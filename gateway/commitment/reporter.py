@@ -90,7 +90,17 @@ class EventReportSender:
     become a `Delivery`."""
 
     def __init__(self, settings: CommitmentSettings) -> None:
+        from gateway.dimse.ae import client_ssl_context
+
         self._settings = settings
+        # Built now, so a wrong certificate or key stops the start with a ConfigError.
+        self._tls = {
+            peer.ae_title: client_ssl_context(
+                peer.tls, f"dimse.storage_commitment.peers.{peer.ae_title}.tls"
+            )
+            for peer in settings.peers.values()
+            if peer.tls is not None
+        }
 
     def __call__(
         self, peer: CommitmentPeer, calling_ae: str, transaction_uid: str, result: CommitmentResult
@@ -108,14 +118,8 @@ class EventReportSender:
         role.sop_class_uid = STORAGE_COMMITMENT_PUSH
         role.scu_role = False
         role.scp_role = True
-        tls = None
-        if peer.tls is not None:
-            from gateway.dimse.ae import client_ssl_context
-
-            tls = (
-                client_ssl_context(peer.tls, f"storage_commitment.peers.{peer.ae_title}"),
-                peer.host,
-            )
+        context_tls = self._tls.get(peer.ae_title)
+        tls = None if context_tls is None else (context_tls, peer.host)
         try:
             assoc = ae.associate(
                 peer.host,

@@ -9,6 +9,7 @@ gateway opens, proposing the SCP role for the SOP class), as modalities do.
 from __future__ import annotations
 
 import queue
+import ssl
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -70,13 +71,14 @@ class Modality:
 
     # -- the listener ------------------------------------------------------------------------
 
-    def listen(self) -> Modality:
+    def listen(self, ssl_context: ssl.SSLContext | None = None) -> Modality:
         ae = AE(ae_title=self.ae_title)
         ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
         self._server = ae.start_server(
             (LOOPBACK, self.port),
             block=False,
             evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._on_report)],
+            ssl_context=ssl_context,
         )
         return self
 

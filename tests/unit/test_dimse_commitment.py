@@ -9,6 +9,7 @@ row behind.
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from gateway.ingest import Ingestor, Source
 from gateway.spool.filesystem import FilesystemSpool
 from tests.harness import free_port, wait_until
 from tests.harness.commitment import Modality
+from tests.security.pki import CertificateAuthority
 from tests.unit.test_ingest import make_file, settings
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -75,11 +77,17 @@ def commitment_config(modality_port: int, **overrides: Any) -> dict[str, Any]:
     return config
 
 
-def start_side(tmp_path: Path, listen: bool = True, **overrides: Any) -> tuple[Side, Any]:
+def start_side(
+    tmp_path: Path,
+    listen: bool = True,
+    ssl_context: ssl.SSLContext | None = None,
+    **overrides: Any,
+) -> tuple[Side, Any]:
     modality = Modality("MODALITY", free_port())
-    config = settings(
-        tmp_path, dimse={"storage_commitment": commitment_config(modality.port, **overrides)}
-    )
+    raw = commitment_config(modality.port, **overrides)
+    if "peer_tls" in raw:
+        raw["peers"]["MODALITY"]["tls"] = raw.pop("peer_tls")
+    config = settings(tmp_path, dimse={"storage_commitment": raw})
     commitment = config.dimse.storage_commitment
     assert commitment is not None
     db = open_database(config.storage.database)
@@ -100,7 +108,7 @@ def start_side(tmp_path: Path, listen: bool = True, **overrides: Any) -> tuple[S
     )
     reporter.start()
     if listen:
-        modality.listen()
+        modality.listen(ssl_context)
 
     def close() -> None:
         stop.set()
@@ -293,3 +301,22 @@ def test_a_request_that_cannot_be_persisted_is_answered_with_a_failure(
     assert int(status.Status) == 0x0110
     assert "database unavailable" in str(status.ErrorComment)
     assert side.rows() == []
+
+
+def test_reports_go_over_tls_to_a_peer_configured_with_tls(tmp_path: Path) -> None:
+    ca = CertificateAuthority("commitment", tmp_path / "pki")
+    listener_cert = ca.issue("127.0.0.1", server=True)
+    gateway_cert = ca.issue("GATEWAY", server=False)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(listener_cert.cert, listener_cert.key)
+    context.load_verify_locations(ca.cert)
+    context.verify_mode = ssl.CERT_REQUIRED  # the gateway must present its certificate
+    tls = {"cert": str(gateway_cert.cert), "key": str(gateway_cert.key), "ca": str(ca.cert)}
+    side, close = start_side(tmp_path, ssl_context=context, peer_tls=tls)
+    try:
+        status, transaction_uid = side.modality.request(side.port, side.store(1))
+        assert int(status.Status) == 0x0000
+        report = side.modality.report(timeout=10)
+        assert (report.event_type, report.transaction_uid) == (1, transaction_uid)
+    finally:
+        close()
