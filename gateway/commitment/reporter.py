@@ -207,8 +207,13 @@ class CommitmentReporter:
         log.info("storage commitment reporter %s stopped", self.owner)
 
     def run_once(self, now: float | None = None) -> bool:
-        """Handle every due transaction once; False when none was due."""
-        leased = lease_due(self._db, self.owner, lease_seconds=self.lease_seconds, now=now)
+        """Handle one due transaction; False when none was due.
+
+        One at a time: a report to a slow or unreachable peer can take up to the lease time,
+        and a transaction leased behind it would see its lease expire (and be taken over by
+        another replica) before its turn.
+        """
+        leased = lease_due(self._db, self.owner, lease_seconds=self.lease_seconds, limit=1, now=now)
         for index, transaction in enumerate(leased):
             if self._stop.is_set():
                 release(self._db, self.owner, [t.id for t in leased[index:]])

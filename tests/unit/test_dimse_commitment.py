@@ -22,13 +22,18 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from gateway.commitment.listing import format_commitments
 from gateway.commitment.reporter import CommitmentReporter
 from gateway.db import Database, open_database
+from gateway.db.commitments import recent_commitments
 from gateway.db.events import audit, events_for
 from gateway.dimse.ae import Limits
+from gateway.dimse.association import Association
+from gateway.dimse.channel import Request
 from gateway.dimse.commitment import StorageCommitmentService
 from gateway.dimse.handlers import DimseHandlers
 from gateway.dimse.listener import DimseListener
+from gateway.dimse.negotiation import AcceptedContext
 from gateway.exceptions import StoreError
 from gateway.ingest import Ingestor, Source
 from gateway.spool.filesystem import FilesystemSpool
@@ -145,6 +150,9 @@ def test_stored_missing_and_conflicting_instances_are_reported(side: Side) -> No
     wait_until(lambda: side.rows()[0]["state"] == "reported", timeout=5, message="reported")
     row = side.rows()[0]
     assert (row["event_type"], row["committed_count"], row["failed_count"]) == (2, 2, 2)
+    listed = format_commitments(recent_commitments(side.db))
+    assert f"reported  MODALITY         {transaction_uid} 4 instance(s)" in listed
+    assert "2 committed, 2 failed (event type 2), attempts 1" in listed
     kinds = [(e["kind"], e["outcome"]) for e in events_for(side.db, actor="MODALITY")]
     assert ("commitment.requested", "recorded") in kinds
     assert ("commitment.reported", "failures") in kinds
@@ -320,3 +328,42 @@ def test_reports_go_over_tls_to_a_peer_configured_with_tls(tmp_path: Path) -> No
         assert (report.event_type, report.transaction_uid) == (1, transaction_uid)
     finally:
         close()
+
+
+class RecordingChannel:
+    """Stands in for the association's channel: records what the service answers."""
+
+    def __init__(self) -> None:
+        self.responses: list[tuple[int, dict[str, Any]]] = []
+
+    def respond(self, request: Request, status: int, data_set: Any = None, **elements: Any) -> None:
+        self.responses.append((status, elements))
+
+
+def test_garbage_action_information_is_refused_without_a_traceback(side: Side) -> None:
+    config = settings(
+        side.tmp_path,
+        dimse={"storage_commitment": commitment_config(side.modality.port)},
+    )
+    assert config.dimse.storage_commitment is not None
+    service = StorageCommitmentService(config.dimse.storage_commitment, side.db)
+    command = Dataset()
+    command.CommandField = 0x0130
+    command.MessageID = 7
+    command.RequestedSOPClassUID = "1.2.840.10008.1.20.1"
+    command.RequestedSOPInstanceUID = "1.2.840.10008.1.20.1.1"
+    command.ActionTypeID = 1
+    context = AcceptedContext(1, "1.2.840.10008.1.20.1", "1.2.840.10008.1.2.1")
+    association = Association("MODALITY", "GATEWAY", "127.0.0.1", sock=None)  # type: ignore[arg-type]
+    garbage = [
+        b"\x08\x00\x95\x11UI\xff\xff",  # an element longer than the data set
+        bytes(range(256)),
+        b"\x08\x00\x99\x11SQ\x00\x00\xff\xff\xff\xff\xfe\xff\x00\xe0\x10\x00\x00\x00",
+    ]
+    for raw in garbage:
+        channel = RecordingChannel()
+        service.serve(association, channel, Request(context, command, raw))  # type: ignore[arg-type]
+        ((status, elements),) = channel.responses
+        assert status == 0x0115, (raw, elements)
+        assert elements["ActionTypeID"] == 1
+    assert side.rows() == []
