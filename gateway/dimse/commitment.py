@@ -25,6 +25,7 @@ from gateway.commitment.reporter import STORAGE_COMMITMENT_INSTANCE, STORAGE_COM
 from gateway.commitment.settings import CommitmentSettings
 from gateway.db import Database
 from gateway.db.commitments import CommitmentRequest, ReferencedInstance, record_request
+from gateway.db.events import audit
 from gateway.dicom.uids import is_valid_uid
 from gateway.dimse.association import Association
 from gateway.dimse.channel import N_ACTION_RQ, MessageChannel, Request
@@ -70,30 +71,14 @@ class StorageCommitmentService:
 
     def serve(self, association: Association, channel: MessageChannel, request: Request) -> None:
         echoed: dict[str, Any] = {}
-        action = request.command.get("ActionTypeID")
-        if isinstance(action, int):
+        action = _action_type(request.command)
+        if action is not None:
             echoed["ActionTypeID"] = action
         try:
             commitment = self._request(association, request)
-        except InvalidInputError as exc:
-            log.warning(
-                "refused N-ACTION (storage commitment) from %s@%s with 0x%04X: %s",
-                association.calling_ae,
-                association.peer,
-                exc.dicom_status,
-                exc,
-            )
-            channel.respond(request, exc.dicom_status, ErrorComment=str(exc), **echoed)
-            return
-        try:
             outcome = record_request(self._db, commitment)
         except InvalidInputError as exc:
-            log.warning(
-                "refused N-ACTION (storage commitment) %s from %s: %s",
-                commitment.transaction_uid,
-                association.calling_ae,
-                exc,
-            )
+            self._refused(association, exc)
             channel.respond(request, exc.dicom_status, ErrorComment=str(exc), **echoed)
             return
         except StoreError as exc:
@@ -118,6 +103,29 @@ class StorageCommitmentService:
         if self._on_recorded is not None:
             self._on_recorded()
 
+    def _refused(self, association: Association, exc: InvalidInputError) -> None:
+        log.warning(
+            "refused N-ACTION (storage commitment) from %s@%s with 0x%04X: %s",
+            association.calling_ae,
+            association.peer,
+            exc.dicom_status,
+            exc,
+        )
+        try:
+            audit(
+                self._db,
+                "commitment.refused",
+                outcome="refused",
+                actor=association.calling_ae,
+                detail={
+                    "peer": association.peer,
+                    "status": f"0x{exc.dicom_status:04X}",
+                    "reason": str(exc),
+                },
+            )
+        except StoreError as error:
+            log.error("could not audit a refused storage commitment request: %s", error)
+
     # -- checks --------------------------------------------------------------------------
 
     def _request(self, association: Association, request: Request) -> CommitmentRequest:
@@ -138,7 +146,7 @@ class StorageCommitmentService:
                 f"Requested SOP Instance is not {STORAGE_COMMITMENT_INSTANCE}",
                 dicom_status=STATUS_NO_SUCH_SOP_INSTANCE,
             )
-        action = command.get("ActionTypeID")
+        action = _action_type(command)
         if action != ACTION_REQUEST_STORAGE_COMMITMENT:
             raise InvalidInputError(
                 f"Action Type ID {action} is not 1 (Request Storage Commitment)",
@@ -160,6 +168,14 @@ class StorageCommitmentService:
             requested_at=now,
             deadline_at=now + self._settings.timeout,
         )
+
+
+def _action_type(command: Dataset) -> int | None:
+    try:
+        value = command.get("ActionTypeID")
+    except Exception:  # a malformed US value: pydicom raises what its converters meet
+        return None
+    return value if isinstance(value, int) else None
 
 
 def _action_information(request: Request) -> tuple[str, tuple[ReferencedInstance, ...]]:

@@ -228,6 +228,11 @@ def test_bad_requests_get_precise_statuses_and_persist_nothing(side: Side, name:
     assert int(status.Status) == expected, status
     assert comment in str(status.ErrorComment)
     assert side.rows() == []
+    (refused,) = [
+        e for e in events_for(side.db, actor="MODALITY") if e["kind"].startswith("commitment.")
+    ]
+    assert refused["kind"] == "commitment.refused"
+    assert json.loads(refused["detail"])["status"] == f"0x{expected:04X}"
 
 
 def test_unreadable_action_information_is_refused(side: Side) -> None:
