@@ -178,9 +178,10 @@ class CommitmentReporter:
         self._stop = stop
         self._wake = wake if wake is not None else stop
         self._send: ReportSender = send if send is not None else EventReportSender(settings)
-        # Long enough for one association and one exchange; a lease of a reporter that died
-        # expires after this and another reporter (or this one, restarted) takes it over.
-        self.lease_seconds = 2 * settings.acse_timeout + settings.dimse_timeout + 10
+        # Long enough for one attempt (connect, associate, exchange, release); the lease of a
+        # reporter that died expires after this and another reporter (or this one,
+        # restarted) takes the transaction over.
+        self.lease_seconds = 3 * settings.acse_timeout + settings.dimse_timeout + 10
         self._thread = threading.Thread(target=self._run, name=f"{owner}", daemon=True)
 
     def start(self) -> None:

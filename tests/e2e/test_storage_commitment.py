@@ -42,8 +42,8 @@ def gateway_config(tmp_path: Path, modality_port: int, **commitment: Any) -> Pat
         "policy": "stored",
         "timeout": 2,
         "poll_interval": 0.1,
-        "acse_timeout": 2,
-        "dimse_timeout": 3,
+        "acse_timeout": 1,
+        "dimse_timeout": 2,
         "peers": {"MODALITY": {"host": "127.0.0.1", "port": modality_port}},
         "retry": {"initial_backoff": 0.2, "max_backoff": 1},
     }

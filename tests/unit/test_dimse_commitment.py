@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -26,6 +27,7 @@ from gateway.commitment.listing import format_commitments
 from gateway.commitment.reporter import CommitmentReporter
 from gateway.db import Database, open_database
 from gateway.db.commitments import recent_commitments
+from gateway.db.deliveries import Settlement, lease_batch, settle
 from gateway.db.events import audit, events_for
 from gateway.dimse.ae import Limits
 from gateway.dimse.association import Association
@@ -372,3 +374,42 @@ def test_garbage_action_information_is_refused_without_a_traceback(side: Side) -
         assert status == 0x0115, (raw, elements)
         assert elements["ActionTypeID"] == 1
     assert side.rows() == []
+
+
+def test_policy_delivered_commits_only_what_every_destination_acknowledged(
+    tmp_path: Path,
+) -> None:
+    side, close = start_side(tmp_path, policy="delivered")
+    try:
+        stored = side.store(2)  # CT: routed to cloud and pacs, no workers run here
+        status, waited = side.modality.request(side.port, stored)
+        assert int(status.Status) == 0x0000
+        report = side.modality.report(timeout=10)  # after the 1 s timeout
+        assert (report.event_type, report.transaction_uid) == (2, waited)
+        assert report.failed == [(*item, 0x0110) for item in stored]
+        now = time.time()
+        for destination in ("cloud", "pacs"):
+            for leased in lease_batch(
+                side.db, destination, "w", lease_seconds=60, max_instances=10, max_bytes=10**12
+            ):
+                settle(
+                    side.db,
+                    "w",
+                    [
+                        Settlement(
+                            delivery_id=leased.delivery_id,
+                            state="delivered",
+                            status="0x0000",
+                            detail="",
+                            started_at=now,
+                            finished_at=now,
+                        )
+                    ],
+                )
+        status, delivered = side.modality.request(side.port, stored)
+        assert int(status.Status) == 0x0000
+        report = side.modality.report(timeout=10)
+        assert (report.event_type, report.transaction_uid) == (1, delivered)
+        assert report.committed == stored
+    finally:
+        close()
