@@ -1,5 +1,5 @@
 """The `dicom-gateway` command: serve, check-config, trace, queue, retry, import, spool-check,
-token, audit.
+commitments, token, audit.
 
 Every command reads the same YAML config (`--config`, or $DICOM_GATEWAY_CONFIG, or
 ./gateway.yaml). Errors print one line that names the problem and the fix, and exit non-zero.
@@ -115,6 +115,11 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--limit", type=int, default=200, help="newest N events (default 200)")
     audit.add_argument("--json", action="store_true", help="machine-readable output")
     audit.set_defaults(handler=_audit)
+    commitments = command("commitments", "recent storage commitment transactions and their state")
+    commitments.add_argument("--ae", help="only requests from this calling AE title")
+    commitments.add_argument("--limit", type=int, default=50, help="newest N (default 50)")
+    commitments.add_argument("--json", action="store_true", help="machine-readable output")
+    commitments.set_defaults(handler=_commitments)
     return parser
 
 
@@ -174,9 +179,16 @@ def _check_config(args: argparse.Namespace) -> int:
             else destination.url
         )
         print(f"  destination {name}: {destination.type} {where}")
-        transform = getattr(destination, "transform", None)
+        transform = destination.transform
         if transform is not None:
             print(f"    transform: {transform.summary()}")
+    commitment = settings.dimse.storage_commitment
+    if commitment is not None:
+        peers = ", ".join(f"{p.ae_title}@{p.host}:{p.port}" for p in commitment.peers.values())
+        print(
+            f"  storage commitment: policy {commitment.policy}, timeout {commitment.timeout:g} s, "
+            f"reports to {peers or 'nobody (every request is refused)'}"
+        )
     for rule in settings.routes:
         flags = " (final)" if rule.final else ""
         print(f"  rule {rule.name}: -> {', '.join(rule.forward)}{flags}")
@@ -217,6 +229,15 @@ def _audit(args: argparse.Namespace) -> int:
 
     rows = recent_events(_open_db(args), study_uid=args.study, actor=args.actor, limit=args.limit)
     print(events_json(rows) if args.json else format_events(rows))
+    return 0
+
+
+def _commitments(args: argparse.Namespace) -> int:
+    from gateway.commitment.listing import commitments_json, format_commitments
+    from gateway.db.commitments import recent_commitments
+
+    rows = recent_commitments(_open_db(args), limit=args.limit, calling_ae=args.ae)
+    print(commitments_json(rows) if args.json else format_commitments(rows))
     return 0
 
 

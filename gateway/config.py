@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from gateway.auth.settings import parse_inbound_auth
+from gateway.commitment.settings import CommitmentSettings, parse_storage_commitment
 from gateway.config_values import TlsSettings
 from gateway.config_values import ae_title as _ae_title
 from gateway.config_values import mapping as _mapping
@@ -99,6 +100,7 @@ class DimseSettings:
     network_timeout: float = 60.0
     max_pdu: int = 262_144
     tls: TlsSettings | None = None
+    storage_commitment: CommitmentSettings | None = None  # None: the SOP class is not offered
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -324,6 +326,7 @@ def _dimse(raw: object, base_dir: Path) -> DimseSettings:
             "network_timeout",
             "max_pdu",
             "tls",
+            "storage_commitment",
         },
     )
     callers_raw = dimse.get("allowed_callers")
@@ -357,6 +360,9 @@ def _dimse(raw: object, base_dir: Path) -> DimseSettings:
         network_timeout=_number(dimse, "dimse", "network_timeout", 60.0, minimum=1),
         max_pdu=int(_number(dimse, "dimse", "max_pdu", 262_144, minimum=4096)),
         tls=_tls(dimse.get("tls"), "dimse.tls", base_dir),
+        storage_commitment=parse_storage_commitment(
+            dimse.get("storage_commitment"), "dimse.storage_commitment", base_dir
+        ),
     )
 
 

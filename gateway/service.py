@@ -54,6 +54,8 @@ class Gateway:
         self._workers: list[DeliveryWorker] = []
         # Built here, not at start: a missing de-identification secret stops `serve` at once.
         self._transformers = {n: transformer_for(d) for n, d in settings.destinations.items()}
+        self._commitment_wake = threading.Event()
+        self._reporter: Any = None
         self._server: Any = None
         self._housekeeper: threading.Thread | None = None
         self._http: Any = None
@@ -68,7 +70,16 @@ class Gateway:
         from gateway.dimse.ae import start_listener
 
         self.telemetry.start()
-        self._server = start_listener(self.settings, self.ingestor, self._audit, self.telemetry)
+        self._reporter = self._commitment_reporter()  # before the listener: config errors first
+        self._server = start_listener(
+            self.settings,
+            self.ingestor,
+            self._audit,
+            self.telemetry,
+            services=self._message_services(),
+        )
+        if self._reporter is not None:
+            self._reporter.start()
         for destination in self.settings.destinations.values():
             for index in range(destination.workers):
                 worker = DeliveryWorker(
@@ -98,6 +109,31 @@ class Gateway:
         self._housekeeper.start()
         if self.settings.node.http is not None:
             self._start_http()
+
+    def _message_services(self) -> list[Any]:
+        commitment = self.settings.dimse.storage_commitment
+        if commitment is None:
+            return []
+        from gateway.dimse.commitment import StorageCommitmentService
+
+        return [
+            StorageCommitmentService(commitment, self.db, on_recorded=self._commitment_wake.set)
+        ]
+
+    def _commitment_reporter(self) -> Any:
+        """Storage commitment reports; pending transactions of earlier runs resume with it."""
+        commitment = self.settings.dimse.storage_commitment
+        if commitment is None:
+            return None
+        from gateway.commitment.reporter import CommitmentReporter
+
+        return CommitmentReporter(
+            settings=commitment,
+            db=self.db,
+            owner=f"{self.instance_name}/commitment",
+            stop=self._stop,
+            wake=self._commitment_wake,
+        )
 
     def _start_http(self) -> None:
         import uvicorn
@@ -150,6 +186,7 @@ class Gateway:
         self._stop.set()
         for wake in self._wake.values():
             wake.set()
+        self._commitment_wake.set()
         if self._http is not None:
             self._http.should_exit = True
             if self._http_thread is not None:
@@ -161,6 +198,9 @@ class Gateway:
         for worker in self._workers:
             worker.join(timeout=30)
         self._workers.clear()
+        if self._reporter is not None:
+            self._reporter.join(timeout=30)
+            self._reporter = None
         self.telemetry.shutdown()
         self.db.close()
 

@@ -129,4 +129,34 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX IF EXISTS instances_study;
     DROP INDEX IF EXISTS instances_accession
     """,
+    # 4: Storage Commitment Push Model transactions (gateway/db/commitments.py): persisted
+    # before N-ACTION-RSP, reported by N-EVENT-REPORT; `items` and `result` are JSON.
+    """
+    CREATE TABLE commitments (
+        id {pk},
+        transaction_uid TEXT NOT NULL UNIQUE,
+        calling_ae TEXT NOT NULL,
+        called_ae TEXT NOT NULL,
+        peer TEXT,
+        items TEXT NOT NULL,
+        item_count INTEGER NOT NULL,
+        requested_at DOUBLE PRECISION NOT NULL,
+        deadline_at DOUBLE PRECISION NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at DOUBLE PRECISION NOT NULL,
+        lease_owner TEXT,
+        lease_expires_at DOUBLE PRECISION,
+        event_type INTEGER,
+        result TEXT,
+        committed_count INTEGER,
+        failed_count INTEGER,
+        decided_at DOUBLE PRECISION,
+        reported_at DOUBLE PRECISION,
+        last_detail TEXT,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX commitments_due ON commitments (state, next_attempt_at);
+    CREATE INDEX commitments_requested ON commitments (requested_at)
+    """,
 )

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from gateway.config import Settings, TlsSettings
 from gateway.dimse.association import Limits
-from gateway.dimse.handlers import DimseHandlers
+from gateway.dimse.handlers import DimseHandlers, MessageService
 from gateway.dimse.listener import DimseListener
 from gateway.exceptions import ConfigError
 from gateway.ingest import Ingestor
@@ -77,10 +77,15 @@ def start_listener(
     ingestor: Ingestor,
     audit: Callable[..., None],
     telemetry: Telemetry | None = None,
+    services: Sequence[MessageService] = (),
 ) -> DimseListener:
-    """Start the DIMSE listener in background threads and return the running listener."""
+    """Start the DIMSE listener in background threads and return the running listener.
+
+    `services` are the message services offered besides Verification and Storage (storage
+    commitment: gateway/dimse/commitment.py); negotiation offers their SOP classes.
+    """
     dimse = settings.dimse
-    handlers = DimseHandlers(settings, ingestor, audit, telemetry)
+    handlers = DimseHandlers(settings, ingestor, audit, telemetry, services=services)
     endpoint = settings.node.dimse
     tls = dimse.tls
     listener = DimseListener(
