@@ -30,8 +30,10 @@ from gateway.destinations import (
     Destination,
     DicomwebDestination,
     DimseDestination,
+    MoveDestination,
     RetryPolicy,
     parse_destinations,
+    parse_move_destinations,
 )
 from gateway.exceptions import ConfigError
 from gateway.routing.rules import Rule, load_default, load_rules
@@ -97,6 +99,8 @@ class DimseSettings:
     network_timeout: float = 60.0
     max_pdu: int = 262_144
     tls: TlsSettings | None = None
+    max_find_results: int = 1000  # C-FIND matches answered; more: 0xA700 after these
+    move_destinations: Mapping[str, MoveDestination] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -322,6 +326,8 @@ def _dimse(raw: object, base_dir: Path) -> DimseSettings:
             "network_timeout",
             "max_pdu",
             "tls",
+            "max_find_results",
+            "move_destinations",
         },
     )
     callers_raw = dimse.get("allowed_callers")
@@ -355,6 +361,10 @@ def _dimse(raw: object, base_dir: Path) -> DimseSettings:
         network_timeout=_number(dimse, "dimse", "network_timeout", 60.0, minimum=1),
         max_pdu=int(_number(dimse, "dimse", "max_pdu", 262_144, minimum=4096)),
         tls=_tls(dimse.get("tls"), "dimse.tls", base_dir),
+        max_find_results=int(
+            _number(dimse, "dimse", "max_find_results", 1000, minimum=1, maximum=100_000)
+        ),
+        move_destinations=parse_move_destinations(dimse.get("move_destinations"), base_dir),
     )
 
 
