@@ -156,6 +156,8 @@ def _check_config(args: argparse.Namespace) -> int:
             else f"{destination.ae_title}@{destination.host}:{destination.port}"
         )
         print(f"  destination {name}: {destination.type} {where}")
+    for title, target in settings.dimse.move_destinations.items():
+        print(f"  move destination {title}: {target.host}:{target.port}")
     for rule in settings.routes:
         flags = " (final)" if rule.final else ""
         print(f"  rule {rule.name}: -> {', '.join(rule.forward)}{flags}")

@@ -382,7 +382,7 @@ class RetrieveService:
             status,
         )
         for reason in record.get("reasons", [])[:3]:
-            log.warning("%s from %s: a sub-operation failed: %s", operation, where, reason)
+            log.warning("%s to %s: a sub-operation failed: %s", operation, where, reason)
         outcome = {STATUS_SUCCESS: "success", STATUS_CANCEL: "cancelled", STATUS_WARNING: "partial"}
         studies = record.get("studies") or []
         try:

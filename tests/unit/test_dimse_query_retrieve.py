@@ -6,6 +6,7 @@ production; the move destination is a pynetdicom Storage SCP on a free loopback 
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from functools import partial
@@ -32,7 +33,7 @@ from gateway.db import open_database
 from gateway.db.events import audit
 from gateway.dicom.structure import data_set_offset
 from gateway.dimse.ae import start_listener
-from gateway.dimse.channel import Request
+from gateway.dimse.channel import Request, encode_data_set
 from gateway.dimse.identifiers import STUDY_ROOT_FIND
 from gateway.dimse.negotiation import AcceptedContext
 from gateway.dimse.query import FindService
@@ -98,7 +99,7 @@ class Site:
         self.scp_ae = AE(ae_title="VIEWER")
         self.scp_ae.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
         self.scp_ae.add_supported_context(MRImageStorage, ExplicitVRLittleEndian)
-        self.scp = self.scp_ae.start_server(
+        self.scp: Any = self.scp_ae.start_server(
             ("127.0.0.1", self.destination_port),
             block=False,
             evt_handlers=[(evt.EVT_C_STORE, self.destination.on_store)],
@@ -156,7 +157,8 @@ class Site:
 
     def close(self) -> None:
         self.listener.shutdown()
-        self.scp.shutdown()
+        if self.scp is not None:
+            self.scp.shutdown()
         self.db.close()
 
 
@@ -261,8 +263,6 @@ def test_a_cancelled_find_ends_with_fe00(site: Site) -> None:
     command.CommandField = 0x0020
     command.MessageID = 7
     command.AffectedSOPClassUID = STUDY_ROOT_FIND
-    from gateway.dimse.channel import encode_data_set
-
     context = AcceptedContext(1, STUDY_ROOT_FIND, ExplicitVRLittleEndian)
     request = Request(context, command, encode_data_set(query, ExplicitVRLittleEndian))
     channel = FakeChannel(after=2)
@@ -340,3 +340,108 @@ def test_get_without_a_storage_context_fails_the_sub_operations(site: Site) -> N
     assert int(final.NumberOfFailedSuboperations) == 2
     assert "no presentation context" in str(final.ErrorComment)
     assert identifier is not None and len(identifier.FailedSOPInstanceUIDList) == 2
+
+
+def move(site: Site, destination: str = "VIEWER", **keys: Any) -> list[tuple[Dataset, Any]]:
+    assoc = site.associate(SR_MOVE)
+    query = Dataset()
+    for keyword, value in keys.items():
+        setattr(query, keyword, value)
+    try:
+        return list(assoc.send_c_move(query, destination, SR_MOVE))
+    finally:
+        assoc.release()
+
+
+def test_move_audit_says_who_what_and_where(site: Site) -> None:
+    move(site, QueryRetrieveLevel="STUDY", StudyInstanceUID=site.mr_study)
+    [event] = [e for e in recent_events(site.db, actor="WS1") if e["kind"] == "dimse.c_move"]
+    detail = json.loads(str(event["detail"]))
+    assert event["outcome"] == "success"
+    assert event["study_instance_uid"] == site.mr_study
+    assert detail["level"] == "STUDY" and detail["matches"] == 2 and detail["completed"] == 2
+    assert detail["destination"] == {
+        "ae_title": "VIEWER",
+        "host": "127.0.0.1",
+        "port": site.destination_port,
+    }
+
+
+def test_move_to_an_unreachable_destination_is_a702_with_the_failed_list(
+    tmp_path: Path,
+) -> None:
+    gateway = Site(tmp_path)
+    gateway.scp.shutdown()  # configured, but nobody listens
+    gateway.scp = None
+    try:
+        responses = move(gateway, QueryRetrieveLevel="STUDY", StudyInstanceUID=gateway.mr_study)
+    finally:
+        gateway.close()
+    final, identifier = responses[-1]
+    assert int(final.Status) == 0xA702
+    assert int(final.NumberOfFailedSuboperations) == 2
+    assert "connect failed" in str(final.ErrorComment)
+    assert identifier is not None and len(identifier.FailedSOPInstanceUIDList) == 2
+
+
+def test_a_refused_sop_class_fails_only_its_sub_operations(tmp_path: Path) -> None:
+    gateway = Site(tmp_path)
+    # The viewer takes CT only: the MR instances' context is refused.
+    gateway.scp.shutdown()
+    ae = AE(ae_title="VIEWER")
+    ae.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
+    gateway.scp = ae.start_server(
+        ("127.0.0.1", gateway.destination_port),
+        block=False,
+        evt_handlers=[(evt.EVT_C_STORE, gateway.destination.on_store)],
+    )
+    ct = [sop for sop, path in gateway.files.items() if dcmread(path).Modality == "CT"]
+    mr = [sop for sop in gateway.files if sop not in ct]
+    try:
+        responses = move(gateway, QueryRetrieveLevel="IMAGE", SOPInstanceUID=[ct[0], *mr])
+    finally:
+        gateway.close()
+    final, identifier = responses[-1]
+    assert int(final.Status) == 0xB000
+    assert int(final.NumberOfCompletedSuboperations) == 1
+    assert int(final.NumberOfFailedSuboperations) == 2
+    assert "context rejected" in str(final.ErrorComment)
+    assert identifier is not None and set(identifier.FailedSOPInstanceUIDList) == set(mr)
+    assert set(gateway.destination.data_sets) == {ct[0]}
+
+
+def test_a_cancelled_move_stops_between_sub_operations(site: Site) -> None:
+    from gateway.dimse.identifiers import STUDY_ROOT_MOVE
+    from gateway.dimse.retrieve import RetrieveService
+
+    service = RetrieveService(site.settings, site.db, site.spool, partial(audit, site.db))
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = site.ct_study
+    command = Dataset()
+    command.CommandField = 0x0021
+    command.MessageID = 9
+    command.AffectedSOPClassUID = STUDY_ROOT_MOVE
+    command.MoveDestination = "VIEWER"
+    context = AcceptedContext(1, STUDY_ROOT_MOVE, ExplicitVRLittleEndian)
+    request = Request(context, command, encode_data_set(query, ExplicitVRLittleEndian))
+    channel = FakeChannel(after=1)  # the caller cancels after the first pending response
+    association = type("A", (), {"calling_ae": "WS1", "peer": "127.0.0.1"})()
+    service.serve(association, channel, request)  # type: ignore[arg-type]
+    assert channel.statuses == [0xFF00, 0xFE00]
+    assert len(site.destination.data_sets) == 2  # the third was never sent
+
+
+def test_find_matches_a_name_in_the_query_character_set(site: Site) -> None:
+    answers = find(
+        site,
+        SR_FIND,
+        SpecificCharacterSet="ISO_IR 100",
+        QueryRetrieveLevel="STUDY",
+        PatientName="Müller*",
+    )
+    [(status, answer, _), (final, _, _)] = answers
+    assert (status, final) == (0xFF00, 0x0000)
+    assert answer is not None
+    assert answer.SpecificCharacterSet == "ISO_IR 100"  # as stored: it holds every value
+    assert str(answer.PatientName) == "Müller^Jürgen"
