@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import struct
 from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.uid import ImplicitVRLittleEndian
 
-from gateway.db.qido import Hit, Level, Match
+from gateway.db.qido import Hit, Level, Match, where_clause
+from gateway.dimse.channel import decode_data_set
 from gateway.dimse.identifiers import (
     UTF8,
     IdentifierError,
@@ -18,6 +21,7 @@ from gateway.dimse.identifiers import (
     parse_retrieve,
     response_identifier,
 )
+from gateway.exceptions import InvalidInputError
 
 
 def identifier(**keys: Any) -> Dataset:
@@ -213,3 +217,22 @@ def test_answers_in_the_stored_character_set_when_it_holds_the_values() -> None:
     )
     assert answer.SpecificCharacterSet == UTF8
     assert str(answer.PatientName) == "Yamada=山田"
+
+
+def test_a_uid_list_is_capped() -> None:
+    uids = [f"1.2.3.{n}" for n in range(1001)]
+    with pytest.raises(IdentifierError, match="more than 1000 values"):
+        parse_find(identifier(QueryRetrieveLevel="STUDY", StudyInstanceUID=uids), Model.STUDY_ROOT)
+    with pytest.raises(IdentifierError, match="more than 1000 values"):
+        parse_retrieve(
+            identifier(QueryRetrieveLevel="STUDY", StudyInstanceUID=uids), Model.STUDY_ROOT
+        )
+
+
+def test_a_value_that_is_no_date_reaches_the_matcher_which_refuses_it() -> None:
+    # As received (Implicit VR Little Endian): a StudyDate of bytes that are not text.
+    raw = struct.pack("<HHL", 0x0008, 0x0020, 2) + b"\xff\xfe"
+    raw += struct.pack("<HHL", 0x0008, 0x0052, 6) + b"STUDY "
+    query = parse_find(decode_data_set(raw, ImplicitVRLittleEndian), Model.STUDY_ROOT)
+    with pytest.raises(InvalidInputError, match="StudyDate"):  # the service answers 0xA900
+        where_clause(query.matches, fuzzy=False, dialect="sqlite")

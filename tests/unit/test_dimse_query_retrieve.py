@@ -228,6 +228,9 @@ def test_find_refuses_a_bad_identifier_with_a_comment(site: Site) -> None:
     [(status, _, response)] = answers
     assert status == 0xA900
     assert "StudyDate is a STUDY key" in str(response.ErrorComment)
+    [(status, _, response)] = find(site, SR_FIND, QueryRetrieveLevel="STUDY", StudyDate="2024-1-1")
+    assert status == 0xA900
+    assert "StudyDate" in str(response.ErrorComment)
 
 
 def test_find_stops_at_max_find_results(tmp_path: Path) -> None:
