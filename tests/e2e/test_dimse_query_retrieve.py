@@ -280,3 +280,20 @@ def test_get_a_series_into_a_folder(site: Site) -> None:
         received = got[site.uid(path, "SOPInstanceUID")]
         assert same_content(path, received)
         assert dataset_bytes(received) == dataset_bytes(path)
+
+
+def test_a_cancelled_move_ends_with_fe00(site: Site) -> None:
+    # movescu sends C-CANCEL on reading the first pending response; the gateway notices it
+    # once the sub-operation then in flight (2 of 3) or the last one is answered.
+    result = movescu(
+        site.gateway.dimse_port,
+        {
+            "QueryRetrieveLevel": "STUDY",
+            "StudyInstanceUID": site.uid(site.ct[0], "StudyInstanceUID"),
+        },
+        called_aet=site.gateway.ae_title,
+        destination="VIEWER",
+        extra_args=["--cancel", "1"],
+    )
+    assert result.statuses[0] == 0xFF00, result.log[-3000:]
+    assert result.final == 0xFE00, result.log[-3000:]
