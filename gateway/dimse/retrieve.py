@@ -134,7 +134,12 @@ class RetrieveService:
         self._db = db
         self._spool = spool
         self._audit = audit
-        self._client_tls = client_tls
+        # Built now, so a bad certificate stops the start-up rather than the first C-MOVE.
+        self._tls: dict[str, ssl.SSLContext] = {
+            title: client_tls(target.tls, f"dimse.move_destinations.{title}.tls")
+            for title, target in settings.dimse.move_destinations.items()
+            if target.tls is not None and client_tls is not None
+        }
 
     def serve(self, association: Association, channel: MessageChannel, request: Request) -> None:
         sop_class = request.context.abstract_syntax
@@ -250,9 +255,6 @@ class RetrieveService:
             return False
         dimse = self._settings.dimse
         key = f"dimse.move_destinations.{destination.ae_title}"
-        context = None
-        if destination.tls is not None and self._client_tls is not None:
-            context = self._client_tls(destination.tls, f"{key}.tls")
         sender = CStoreSender(
             name=key,
             ae_title=destination.ae_title,
@@ -262,7 +264,7 @@ class RetrieveService:
             acse_timeout=dimse.acse_timeout,
             dimse_timeout=dimse.dimse_timeout,
             network_timeout=dimse.network_timeout,
-            ssl_context=context,
+            ssl_context=self._tls.get(destination.ae_title),
         )
         uid_of = {index: str(row["sop_instance_uid"]) for index, row in enumerate(rows)}
         if channel.cancelled(request.message_id):
