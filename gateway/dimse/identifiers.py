@@ -38,6 +38,7 @@ from pydicom.multival import MultiValue
 from gateway.db.engine import Row
 from gateway.db.qido import MATCHABLE, Hit, Kind, Level, Match
 from gateway.dicom.attributes import INDEXED_ATTRIBUTES
+from gateway.dimse.channel import ChannelError, Request
 
 PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
 PATIENT_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.1.2"
@@ -257,6 +258,17 @@ class RetrieveQuery:
 # -- requests ----------------------------------------------------------------------------------
 
 
+def read_identifier(request: Request) -> Dataset:
+    """The request's identifier; one that cannot be decoded is refused (0xC000), the
+    association goes on (its message framing was fine)."""
+    try:
+        return request.identifier()
+    except ChannelError as exc:
+        raise IdentifierError(
+            "the identifier cannot be decoded", status=STATUS_UNABLE_TO_PROCESS
+        ) from exc
+
+
 def parse_find(identifier: Dataset, model: Model) -> FindQuery:
     """Read a C-FIND identifier; raises IdentifierError (see the module docstring)."""
     level = _level(identifier, model)
@@ -264,7 +276,7 @@ def parse_find(identifier: Dataset, model: Model) -> FindQuery:
     returned: list[ReturnKey] = []
     unsupported: list[str] = []
     query: dict[str, str] = {}
-    for element in identifier:
+    for element in _elements(identifier):
         if element.tag.group == 0x0002 or element.tag.is_private or not element.keyword:
             continue  # private and unknown keys are neither matched nor returned
         keyword = element.keyword
@@ -302,7 +314,7 @@ def parse_retrieve(identifier: Dataset, model: Model) -> RetrieveQuery:
     allowed.add("PatientID")  # Study Root has no patient level, but the key narrows safely
     matches: list[Match] = []
     query: dict[str, str] = {}
-    for element in identifier:
+    for element in _elements(identifier):
         if element.tag.group == 0x0002 or element.tag.is_private:
             continue
         keyword = element.keyword
@@ -336,8 +348,26 @@ def parse_retrieve(identifier: Dataset, model: Model) -> RetrieveQuery:
     return RetrieveQuery(model=model, level=level, matches=tuple(matches), query=query)
 
 
+def _elements(identifier: Dataset) -> list[DataElement]:
+    """The identifier's elements, decoded; one pydicom cannot decode is refused (0xC000)."""
+    elements = []
+    for tag in list(identifier.keys()):
+        try:
+            elements.append(identifier[tag])
+        except Exception as exc:  # pydicom raises what its converters meet
+            raise IdentifierError(
+                f"element {tag} of the identifier cannot be decoded",
+                status=STATUS_UNABLE_TO_PROCESS,
+                tag=int(tag),
+            ) from exc
+    return elements
+
+
 def _level(identifier: Dataset, model: Model) -> QRLevel:
-    raw = identifier.get("QueryRetrieveLevel")
+    try:
+        raw = identifier.get("QueryRetrieveLevel")
+    except Exception:  # an undecodable value: treated as missing
+        raw = None
     text = str(raw or "").strip().upper()
     if not text:
         raise IdentifierError(

@@ -31,6 +31,7 @@ from gateway.dimse.identifiers import (
     FindQuery,
     IdentifierError,
     parse_find,
+    read_identifier,
     response_identifier,
 )
 from gateway.exceptions import InvalidInputError, SpoolError, StoreError
@@ -71,7 +72,7 @@ class FindService:
         status = STATUS_UNABLE_TO_PROCESS  # what handlers.py answers if we raise
         try:
             try:
-                query = parse_find(request.identifier(), model)
+                query = parse_find(read_identifier(request), model)
             except IdentifierError as exc:
                 status = exc.status
                 record["reason"] = exc.comment

@@ -53,6 +53,7 @@ from gateway.dimse.identifiers import (
     IdentifierError,
     failed_uid_list,
     parse_retrieve,
+    read_identifier,
 )
 from gateway.exceptions import GatewayError, InvalidInputError, StoreError
 from gateway.forward.base import Outcome, OutgoingInstance, SendResult
@@ -185,7 +186,9 @@ class RetrieveService:
                 )
                 return STATUS_UNKNOWN_DESTINATION
         try:
-            query = parse_retrieve(request.identifier(), MODEL_OF[request.context.abstract_syntax])
+            query = parse_retrieve(
+                read_identifier(request), MODEL_OF[request.context.abstract_syntax]
+            )
         except IdentifierError as exc:
             record["reason"] = exc.comment
             channel.respond(request, exc.status, None, **exc.response_elements())

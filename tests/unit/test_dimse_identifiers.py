@@ -236,3 +236,21 @@ def test_a_value_that_is_no_date_reaches_the_matcher_which_refuses_it() -> None:
     query = parse_find(decode_data_set(raw, ImplicitVRLittleEndian), Model.STUDY_ROOT)
     with pytest.raises(InvalidInputError, match="StudyDate"):  # the service answers 0xA900
         where_clause(query.matches, fuzzy=False, dialect="sqlite")
+
+
+def test_an_element_pydicom_cannot_decode_is_refused_with_c000() -> None:
+    class Broken(Dataset):
+        """A received identifier whose (0020,1208) pydicom's converters choke on."""
+
+        def __getitem__(self, key: Any) -> Any:
+            if key == 0x00201208:
+                raise ValueError("invalid IS")
+            return super().__getitem__(key)
+
+    query = Broken()
+    query.QueryRetrieveLevel = "STUDY"
+    query.NumberOfStudyRelatedInstances = None
+    with pytest.raises(IdentifierError) as caught:
+        parse_find(query, Model.STUDY_ROOT)
+    assert caught.value.status == 0xC000
+    assert caught.value.tag == 0x00201208
