@@ -189,6 +189,8 @@ def _check_config(args: argparse.Namespace) -> int:
             f"  storage commitment: policy {commitment.policy}, timeout {commitment.timeout:g} s, "
             f"reports to {peers or 'nobody (every request is refused)'}"
         )
+    for title, target in settings.dimse.move_destinations.items():
+        print(f"  move destination {title}: {target.host}:{target.port}")
     for rule in settings.routes:
         flags = " (final)" if rule.final else ""
         print(f"  rule {rule.name}: -> {', '.join(rule.forward)}{flags}")

@@ -31,9 +31,11 @@ from gateway.destinations import (
     Destination,
     DicomwebDestination,
     DimseDestination,
+    MoveDestination,
     RetryPolicy,
     S3Destination,
     parse_destinations,
+    parse_move_destinations,
 )
 from gateway.exceptions import ConfigError
 from gateway.routing.rules import Rule, load_default, load_rules
@@ -101,6 +103,8 @@ class DimseSettings:
     max_pdu: int = 262_144
     tls: TlsSettings | None = None
     storage_commitment: CommitmentSettings | None = None  # None: the SOP class is not offered
+    max_find_results: int = 1000  # C-FIND matches answered; more: 0xA700 after these
+    move_destinations: Mapping[str, MoveDestination] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -327,6 +331,8 @@ def _dimse(raw: object, base_dir: Path) -> DimseSettings:
             "max_pdu",
             "tls",
             "storage_commitment",
+            "max_find_results",
+            "move_destinations",
         },
     )
     callers_raw = dimse.get("allowed_callers")
@@ -363,6 +369,10 @@ def _dimse(raw: object, base_dir: Path) -> DimseSettings:
         storage_commitment=parse_storage_commitment(
             dimse.get("storage_commitment"), "dimse.storage_commitment", base_dir
         ),
+        max_find_results=int(
+            _number(dimse, "dimse", "max_find_results", 1000, minimum=1, maximum=100_000)
+        ),
+        move_destinations=parse_move_destinations(dimse.get("move_destinations"), base_dir),
     )
 
 

@@ -93,6 +93,16 @@ class S3Destination:
 Destination = DicomwebDestination | DimseDestination | S3Destination
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MoveDestination:
+    """Where a C-MOVE may send: `dimse.move_destinations`, keyed by the Move Destination AE."""
+
+    ae_title: str
+    host: str
+    port: int
+    tls: TlsSettings | None = None
+
+
 def parse_destinations(raw: object, node_ae: str, base_dir: Path) -> dict[str, Destination]:
     """Validate the `destinations` mapping; errors name `destinations.NAME.key`."""
     items = _mapping(raw, "destinations")
@@ -320,3 +330,21 @@ def _s3(
 
 def _optional(entry: dict[str, object], key: str, name: str) -> str | None:
     return None if entry.get(name) is None else _text(entry, key, name, None)
+
+
+def parse_move_destinations(raw: object, base_dir: Path) -> dict[str, MoveDestination]:
+    """`dimse.move_destinations`: `{AE_TITLE: {host, port, tls}}`."""
+    items = _mapping(raw, "dimse.move_destinations")
+    result: dict[str, MoveDestination] = {}
+    for title, value in items.items():
+        ae = _ae_title(title, f"dimse.move_destinations.{title}")
+        key = f"dimse.move_destinations.{ae}"
+        entry = _mapping(value, key)
+        _no_unknown(entry, key, {"host", "port", "tls"})
+        result[ae] = MoveDestination(
+            ae_title=ae,
+            host=_text(entry, key, "host", None),
+            port=int(_number(entry, key, "port", None, minimum=1, maximum=65535)),
+            tls=_tls(entry.get("tls"), f"{key}.tls", base_dir),
+        )
+    return result

@@ -120,6 +120,16 @@ class Ingestor:
         """Where doors should write incoming files so the spool can rename, not copy."""
         return self._spool.staging_dir
 
+    @property
+    def spool(self) -> Spool:
+        """The spool instances are kept in (read by the query/retrieve services)."""
+        return self._spool
+
+    @property
+    def db(self) -> Database:
+        """The database instances are recorded in (read by the query/retrieve services)."""
+        return self._db
+
     def accept_file(
         self, path: Path, source: Source, *, trace_context: str | None = None
     ) -> IngestResult:

@@ -6,7 +6,9 @@ GROUP BY, ordered by first arrival so paging is stable while new studies arrive)
 computes the per-group aggregates (NumberOfStudyRelated*, ModalitiesInStudy) over *all*
 visible rows of just that page, so counts describe the whole study, not only the rows that
 matched. Values are always bound parameters; column names come from a fixed table, never from
-the request. Purged instances (bytes gone, `purged_at` set) are invisible.
+the request. Purged instances (bytes gone, `purged_at` set) are invisible. The DIMSE C-FIND
+service (gateway/dimse/query.py) runs the same searches, plus a patient level (groups by
+Patient ID) that QIDO-RS does not have.
 
 Matching (PS3.4 C.2.2.2 as profiled by PS3.18 §8.3.4): single value, `*`/`?` wildcards, UID
 lists, DA/TM ranges, integer values, and for person names with `fuzzy` a case-insensitive
@@ -26,6 +28,7 @@ from gateway.exceptions import InvalidInputError
 
 
 class Level(enum.StrEnum):
+    PATIENT = "patient"  # C-FIND's Patient Root model (groups by Patient ID); not in QIDO-RS
     STUDY = "study"
     SERIES = "series"
     INSTANCE = "instance"
@@ -78,6 +81,7 @@ MATCHABLE: dict[str, Attribute] = {
 }
 
 _GROUP_KEY = {
+    Level.PATIENT: "patient_id",
     Level.STUDY: "study_instance_uid",
     Level.SERIES: "series_instance_uid",
     Level.INSTANCE: "sop_instance_uid",
@@ -116,6 +120,7 @@ class Hit:
     row: Row
     instances: int = 0
     series: int = 0
+    studies: int = 0  # at patient level only
     modalities: list[str] = field(default_factory=list)
 
 
@@ -129,6 +134,11 @@ def search(db: Database, query: Search) -> SearchResult:
     """Run one QIDO-RS search; raise InvalidInputError for a value that cannot be matched."""
     where, params = where_clause(query.matches, fuzzy=query.fuzzy, dialect=db.dialect)
     key = _GROUP_KEY[query.level]
+    if query.level is Level.PATIENT:
+        where += " AND patient_id IS NOT NULL"  # no unique key, no patient to answer
+    studies = (
+        ", COUNT(DISTINCT study_instance_uid) AS studies" if query.level is Level.PATIENT else ""
+    )
     with db.transaction(write=False) as cur:
         if query.level is Level.INSTANCE:
             rows = cur.execute(
@@ -160,7 +170,7 @@ def search(db: Database, query: Search) -> SearchResult:
             str(row["group_key"]): row
             for row in cur.execute(
                 f"SELECT {key} AS group_key, COUNT(*) AS instances, "
-                f"COUNT(DISTINCT series_instance_uid) AS series FROM instances "
+                f"COUNT(DISTINCT series_instance_uid) AS series{studies} FROM instances "
                 f"WHERE {_VISIBLE} AND {key} IN ({marks}) GROUP BY {key}",
                 keys,
             ).fetchall()
@@ -182,6 +192,7 @@ def search(db: Database, query: Search) -> SearchResult:
                 first[group],
                 instances=int(aggregate.get("instances", 0)),
                 series=int(aggregate.get("series", 0)),
+                studies=int(aggregate.get("studies", 0)),
                 modalities=modalities[group],
             )
         )

@@ -3,11 +3,17 @@
 Why separate from QIDO: retrieval must tell "never had it" (404) from "had it, but the cached
 bytes were purged after delivery" (410), so it returns purged rows too and lets the web layer
 decide. Rows come ordered by series (first arrival), instance number, arrival.
+
+C-MOVE and C-GET (gateway/dimse/retrieve.py) retrieve what a C-FIND would find, so
+`instances_matching` uses QIDO's matching (`where_clause`) and, like it, skips purged rows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from gateway.db.engine import Database, Row
+from gateway.db.qido import Match, where_clause
 
 _COLUMNS = (
     "id, sop_instance_uid, sop_class_uid, study_instance_uid, series_instance_uid, "
@@ -47,3 +53,17 @@ def instances_to_retrieve(
         )
     rows.sort(key=lambda r: first_seen[str(r["series_instance_uid"])])  # stable: keeps order
     return rows
+
+
+def instances_matching(db: Database, matches: Sequence[Match]) -> list[Row]:
+    """Visible rows matching `matches` (QIDO matching), few columns, in retrieval order.
+
+    Raises InvalidInputError for a value that cannot be matched.
+    """
+    where, params = where_clause(matches, fuzzy=False, dialect=db.dialect)
+    with db.transaction(write=False) as cur:
+        return cur.execute(
+            f"SELECT {_COLUMNS} FROM instances WHERE {where} "
+            "ORDER BY study_instance_uid, series_instance_uid, COALESCE(instance_number, 0), id",
+            params,
+        ).fetchall()

@@ -2,7 +2,8 @@
 
 Policy lives here and in the modules it wires together: which SOP classes and transfer syntaxes
 we accept (gateway/dimse/negotiation.py: Verification and every storage SOP class, in every
-transfer syntax), who may associate (handlers.py), limits and timeouts (association.py), TLS.
+transfer syntax, plus the message services' SOP classes: query/retrieve in query.py and
+retrieve.py), who may associate (handlers.py), limits and timeouts (association.py), TLS.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from gateway.config import Settings, TlsSettings
 from gateway.dimse.association import Limits
 from gateway.dimse.handlers import DimseHandlers, MessageService
 from gateway.dimse.listener import DimseListener
+from gateway.dimse.query import FindService
+from gateway.dimse.retrieve import RetrieveService
 from gateway.exceptions import ConfigError
 from gateway.ingest import Ingestor
 from gateway.telemetry import Telemetry
@@ -85,7 +88,19 @@ def start_listener(
     commitment: gateway/dimse/commitment.py); negotiation offers their SOP classes.
     """
     dimse = settings.dimse
-    handlers = DimseHandlers(settings, ingestor, audit, telemetry, services=services)
+    handlers = DimseHandlers(
+        settings,
+        ingestor,
+        audit,
+        telemetry,
+        services=[
+            FindService(settings, ingestor.db, ingestor.spool, audit),
+            RetrieveService(
+                settings, ingestor.db, ingestor.spool, audit, client_tls=client_ssl_context
+            ),
+            *services,
+        ],
+    )
     endpoint = settings.node.dimse
     tls = dimse.tls
     listener = DimseListener(

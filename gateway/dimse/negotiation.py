@@ -116,6 +116,7 @@ def negotiate(
         [*_supported_contexts(), *_service_contexts(services)],
         roles or None,
     )
+    _prefer_requestor_syntax(asked.presentation_context_definition_list, results)
     answer = A_ASSOCIATE()
     answer.application_context_name = APPLICATION_CONTEXT
     answer.calling_ae_title = asked.calling_ae_title
@@ -144,6 +145,32 @@ def negotiate(
         if cx.result == 0x00 and cx.transfer_syntax
     ]
     return pdu.encode(), accepted
+
+
+def _prefer_requestor_syntax(
+    proposed: list[PresentationContext], results: list[PresentationContext]
+) -> None:
+    """On a context where we send C-STORE (C-GET's role reversal), take the transfer syntax
+    the requestor listed first rather than the first in our order.
+
+    pynetdicom picks in the acceptor's order, whose first is Implicit VR Little Endian; a
+    C-GET requestor (getscu) lists Explicit VR Little Endian first, the syntax most stored
+    objects have, and we send objects only in their stored syntax.
+    """
+    asked = {cx.context_id: cx for cx in proposed}
+    known = _known_syntaxes()
+    for cx in results:
+        request = asked.get(cx.context_id)
+        if cx.result != 0x00 or not cx.as_scu or request is None:
+            continue
+        first = next((ts for ts in request.transfer_syntax if str(ts) in known), None)
+        if first is not None:
+            cx.transfer_syntax = [first]
+
+
+@cache
+def _known_syntaxes() -> frozenset[str]:
+    return frozenset(str(uid) for uid in AllTransferSyntaxes)
 
 
 def reject(result: int, source: int, diagnostic: int) -> bytes:

@@ -51,7 +51,7 @@ from __future__ import annotations
 import queue
 import ssl
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 
 from pydicom.uid import UID
@@ -184,43 +184,57 @@ class CStoreSender:
 
     def send(self, batch: Sequence[OutgoingInstance]) -> list[SendResult]:
         """Store every instance of ``batch``; one result per instance, in batch order."""
-        settled: dict[int, SendResult] = {}
-        for group in _association_groups(batch):
-            for result in self._send_over_one_association(group):
-                settled[result.delivery_id] = result
+        settled = {result.delivery_id: result for result in self.send_each(batch)}
         return [settled[inst.delivery_id] for inst in batch]
+
+    def send_each(
+        self,
+        batch: Sequence[OutgoingInstance],
+        *,
+        move_originator: tuple[str, int] | None = None,
+    ) -> Generator[SendResult, None, None]:
+        """Store ``batch``, yielding each instance's result as soon as it is settled.
+
+        For C-MOVE sub-operations (gateway/dimse/retrieve.py): ``move_originator`` is the
+        (AE title, Message ID) of the C-MOVE request, sent in every C-STORE-RQ. Results come
+        in association order (instances grouped by presentation contexts). Closing the
+        iterator early (a cancelled C-MOVE) releases the association after the instance in
+        flight; instances not reached get no result.
+        """
+        for group in _association_groups(batch):
+            yield from self._send_over_one_association(group, move_originator)
 
     def close(self) -> None:
         """Nothing to release: every batch opens and closes its own association."""
 
     # -- one association ---------------------------------------------------------------------
 
-    def _send_over_one_association(self, instances: Sequence[OutgoingInstance]) -> list[SendResult]:
+    def _send_over_one_association(
+        self, instances: Sequence[OutgoingInstance], move_originator: tuple[str, int] | None
+    ) -> Iterator[SendResult]:
         tap = ResponseTap()
         assoc = self._associate(instances, tap)
         if not assoc.is_established:
-            return self._association_failed(assoc, tap, instances)
+            yield from self._association_failed(assoc, tap, instances)
+            return
         set_tcp_nodelay(assoc)
-        results: list[SendResult] = []
         healthy = True
         try:
             pause_reactor(assoc)
             message_ids = _message_ids()
             for index, inst in enumerate(instances):
                 try:
-                    results.append(self._store(assoc, tap, inst, next(message_ids)))
+                    result = self._store(assoc, tap, inst, next(message_ids), move_originator)
                 except _AssociationLost as lost:
                     healthy = False
-                    results.append(lost.result)
+                    yield lost.result
                     why = f"not sent: the association ended before it ({lost.result.status})"
-                    results.extend(
-                        SendResult(rest.delivery_id, Outcome.TRANSIENT, "not sent", why)
-                        for rest in instances[index + 1 :]
-                    )
+                    for rest in instances[index + 1 :]:
+                        yield SendResult(rest.delivery_id, Outcome.TRANSIENT, "not sent", why)
                     break
+                yield result
         finally:
             end_association(assoc, release=healthy)
-        return results
 
     def _associate(self, instances: Sequence[OutgoingInstance], tap: ResponseTap) -> Association:
         ae = AE(ae_title=self.calling_ae_title)
@@ -280,7 +294,12 @@ class CStoreSender:
     # -- one instance ------------------------------------------------------------------------
 
     def _store(
-        self, assoc: Association, tap: ResponseTap, inst: OutgoingInstance, message_id: int
+        self,
+        assoc: Association,
+        tap: ResponseTap,
+        inst: OutgoingInstance,
+        message_id: int,
+        move_originator: tuple[str, int] | None = None,
     ) -> SendResult:
         """Send one C-STORE and settle it. The one place where foreign errors become results.
 
@@ -289,7 +308,7 @@ class CStoreSender:
         phase = "read"
         try:
             with inst.local_file() as stored, even_length(stored) as path:
-                prepared = self._prepare(assoc, inst, path, message_id)
+                prepared = self._prepare(assoc, inst, path, message_id, move_originator)
                 if isinstance(prepared, SendResult):
                     return prepared
                 phase = "send"  # from here on the peer may hold part of the message
@@ -306,7 +325,12 @@ class CStoreSender:
         return self._await_response(assoc, tap, inst, message_id)
 
     def _prepare(
-        self, assoc: Association, inst: OutgoingInstance, path: Path, message_id: int
+        self,
+        assoc: Association,
+        inst: OutgoingInstance,
+        path: Path,
+        message_id: int,
+        move_originator: tuple[str, int] | None = None,
     ) -> tuple[C_STORE, int] | SendResult:
         """The C-STORE request for ``path`` and its context id, or why it cannot be sent."""
         try:
@@ -338,6 +362,9 @@ class CStoreSender:
         request.AffectedSOPClassUID = UID(sop_class)
         request.AffectedSOPInstanceUID = UID(sop_instance)
         request.Priority = 2  # low, as pynetdicom and most SCUs send
+        if move_originator is not None:
+            request.MoveOriginatorApplicationEntityTitle = move_originator[0]
+            request.MoveOriginatorMessageID = move_originator[1]
         # The same attribute send_c_store sets in chunked mode: the encoder streams the file
         # from `offset` (just after the meta group) in PDU-sized reads.
         request._dataset_path = (path, offset)

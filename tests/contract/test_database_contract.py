@@ -513,14 +513,15 @@ def test_qido_matching_is_the_same_on_every_backend(database: Database, tmp_path
     from gateway.db.qido import Level, Match, Search, search
 
     ingestor = Ingestor(gateway_settings(tmp_path), FilesystemSpool(tmp_path / "q"), database)
-    for study, name, date, accession in (
-        ("1.2.9.1", "DOE^JOHN", "20240110", "ACC1"),
-        ("1.2.9.2", "doe^jane", "20240120", "X_1%"),
-        ("1.2.9.3", "Müller^Jürgen", "20231231", "ACC3"),
+    for study, name, date, accession, patient in (
+        ("1.2.9.1", "DOE^JOHN", "20240110", "ACC1", "P1"),
+        ("1.2.9.2", "doe^jane", "20240120", "X_1%", "P2"),
+        ("1.2.9.3", "Müller^Jürgen", "20231231", "ACC3", "P1"),
     ):
         path = dicom_file(ingestor.staging_dir, study)
         ds = pydicom.dcmread(path)
         ds.PatientName, ds.StudyDate, ds.AccessionNumber = name, date, accession
+        ds.PatientID = patient
         ds.save_as(path, enforce_file_format=True)
         ingestor.accept_file(path, SOURCE)
 
@@ -536,3 +537,13 @@ def test_qido_matching_is_the_same_on_every_backend(database: Database, tmp_path
     assert studies(("PatientName", "müller"), fuzzy=True) == ["1.2.9.3"]
     assert studies(("StudyDate", "20240101-20240131")) == ["1.2.9.1", "1.2.9.2"]
     assert studies(limit=2, offset=1) == ["1.2.9.2", "1.2.9.3"]
+    # C-FIND's patient level (groups by Patient ID) and the C-MOVE/C-GET lookup
+    from gateway.db.retrieve import instances_matching
+
+    patients = search(database, Search(level=Level.PATIENT)).hits
+    assert [(hit.row["patient_id"], hit.studies, hit.instances) for hit in patients] == [
+        ("P1", 2, 2),
+        ("P2", 1, 1),
+    ]
+    rows = instances_matching(database, [Match("StudyInstanceUID", "1.2.9.3\\1.2.9.2")])
+    assert [row["study_instance_uid"] for row in rows] == ["1.2.9.2", "1.2.9.3"]

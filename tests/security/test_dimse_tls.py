@@ -14,7 +14,9 @@ import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
+import pydicom
 import pytest
+from pydicom.dataset import Dataset
 from pynetdicom import AE
 
 from tests.e2e.scu import header_ids
@@ -35,6 +37,7 @@ from tests.security.pki import CertificateAuthority, Issued
 pytestmark = [pytest.mark.dcmtk]
 
 VERIFICATION = "1.2.840.10008.1.1"
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 
 
 class TlsGatewayProcess(GatewayProcess):
@@ -123,6 +126,17 @@ def gateway(tmp_path: Path, pki: Pki, pacs: StoreSCP) -> Iterator[TlsGatewayProc
         extra={
             "dimse": {
                 "acse_timeout": 5,
+                "move_destinations": {
+                    "PACS": {
+                        "host": LOOPBACK,
+                        "port": pacs.port,
+                        "tls": {
+                            "cert": str(pki.gateway_client.cert),
+                            "key": str(pki.gateway_client.key),
+                            "ca": str(pki.ca.cert),
+                        },
+                    }
+                },
                 "tls": {
                     "cert": str(pki.gateway.cert),
                     "key": str(pki.gateway.key),
@@ -173,6 +187,40 @@ def test_dcmtk_tls_in_and_tls_out(
         actor == "MODALITY" and "CN=MODALITY" in detail and "TLSv1" in detail
         for actor, _, detail in accepted
     )
+
+
+def test_c_move_over_tls_to_a_tls_destination(
+    gateway: TlsGatewayProcess, pki: Pki, pacs: StoreSCP, tmp_path: Path
+) -> None:
+    files = make_ct_series(tmp_path / "ct", 2, rows=32, cols=32)
+    sent = storescu(
+        files,
+        gateway.dimse_port,
+        called_aet="GATEWAY",
+        calling_aet="MODALITY",
+        extra_args=pki.tls_args(pki.modality),
+    )
+    assert sent.returncode == 0, sent.stderr
+    expected = {header_ids(path)[1] for path in files}
+    wait_until(lambda: pacs.received_sop_instance_uids() == expected, timeout=30)
+    for received in pacs.outdir.iterdir():  # forwarded by routing; now retrieve them again
+        received.unlink()
+    # movescu has no TLS: pynetdicom asks, over mutual TLS; the gateway sends over TLS too.
+    context = ssl.create_default_context(cafile=str(pki.ca.cert))
+    context.load_cert_chain(pki.modality.cert, pki.modality.key)
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(STUDY_ROOT_MOVE)
+    assoc = ae.associate(
+        LOOPBACK, gateway.dimse_port, ae_title="GATEWAY", tls_args=(context, LOOPBACK)
+    )
+    assert assoc.is_established
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
+    responses = list(assoc.send_c_move(query, "PACS", STUDY_ROOT_MOVE))
+    assoc.release()
+    assert int(responses[-1][0].Status) == 0x0000
+    assert pacs.received_sop_instance_uids() == expected
 
 
 @pytest.mark.parametrize("client", ["untrusted certificate", "no certificate", "plain TCP"])

@@ -80,3 +80,30 @@ def test_missing_and_invalid_files(tmp_path: Path) -> None:
     bad.write_text("node: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_settings(bad)
+
+
+def test_query_retrieve_settings(tmp_path: Path) -> None:
+    settings = parse_settings(
+        {
+            "dimse": {
+                "max_find_results": 50,
+                "move_destinations": {"WS1": {"host": "10.0.0.20", "port": 104}},
+            }
+        },
+        base_dir=tmp_path,
+    )
+    assert settings.dimse.max_find_results == 50
+    [(title, target)] = settings.dimse.move_destinations.items()
+    assert (title, target.host, target.port, target.tls) == ("WS1", "10.0.0.20", 104, None)
+    assert parse_settings({}, base_dir=tmp_path).dimse.move_destinations == {}
+    with pytest.raises(ConfigError, match=r"dimse.move_destinations.WS1.port is required"):
+        parse_settings({"dimse": {"move_destinations": {"WS1": {"host": "h"}}}}, base_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"dimse.move_destinations.WS1: unknown key\(s\) ae"):
+        parse_settings(
+            {"dimse": {"move_destinations": {"WS1": {"host": "h", "port": 1, "ae": "X"}}}},
+            base_dir=tmp_path,
+        )
+    with pytest.raises(ConfigError, match=r"dimse.move_destinations.A\\B"):
+        parse_settings(
+            {"dimse": {"move_destinations": {"A\\B": {"host": "h", "port": 1}}}}, base_dir=tmp_path
+        )
