@@ -81,7 +81,18 @@ def _parser() -> argparse.ArgumentParser:
     retry = command("retry", "re-queue dead deliveries of a destination")
     retry.add_argument("destination")
     retry.add_argument("--study", help="only this StudyInstanceUID")
+    retry.add_argument(
+        "--failed-over",
+        action="store_true",
+        help="send failed-over deliveries to DESTINATION as well (their copies stay at the "
+        "failover destination); without it, dead deliveries are re-queued",
+    )
     retry.set_defaults(handler=_retry)
+    destinations = command(
+        "destinations", "health of each destination: state, since when, last error, failover"
+    )
+    destinations.add_argument("--json", action="store_true", help="machine-readable output")
+    destinations.set_defaults(handler=_destinations)
     token = command("token", "print a bearer token from the built-in issuer (auth.mode builtin)")
     token.add_argument(
         "--scope",
@@ -236,12 +247,29 @@ def _retry(args: argparse.Namespace) -> int:
         known = ", ".join(settings.destinations) or "none"
         print(f"error: no destination {args.destination!r}; configured: {known}", file=sys.stderr)
         return 2
-    count = requeue_dead(
+    if args.failed_over:
+        from gateway.db.health import requeue_failed_over
+
+        requeue = requeue_failed_over
+    else:
+        requeue = requeue_dead
+    count = requeue(
         open_database(settings.storage.database), args.destination, study_uid=args.study
     )
     scope = f" of study {args.study}" if args.study else ""
+    kind = "failed-over" if args.failed_over else "dead"
     print(
-        f"re-queued {count} dead deliver{'y' if count == 1 else 'ies'}{scope} "
+        f"re-queued {count} {kind} deliver{'y' if count == 1 else 'ies'}{scope} "
         f"for {args.destination}"
     )
+    return 0
+
+
+def _destinations(args: argparse.Namespace) -> int:
+    from gateway.db import open_database
+    from gateway.report import destinations_health, format_destinations
+
+    settings = _settings(args)
+    rows = destinations_health(settings, open_database(settings.storage.database))
+    print(json.dumps(rows, indent=2) if args.json else format_destinations(rows))
     return 0

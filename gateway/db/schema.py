@@ -129,4 +129,21 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX IF EXISTS instances_study;
     DROP INDEX IF EXISTS instances_accession
     """,
+    # 4: destination health (the circuit breaker, shared by every replica) and failover:
+    # `origin_id` links a failed-over delivery's replacement to it, `note` says why.
+    """
+    CREATE TABLE destination_health (
+        destination TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        since DOUBLE PRECISION NOT NULL,
+        consecutive_failures INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        last_error_at DOUBLE PRECISION,
+        last_success_at DOUBLE PRECISION,
+        next_probe_at DOUBLE PRECISION,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    ALTER TABLE deliveries ADD COLUMN origin_id BIGINT;
+    ALTER TABLE deliveries ADD COLUMN note TEXT
+    """,
 )
