@@ -77,11 +77,17 @@ def health_row(db: Database, destination: str) -> Row | None:
         ).fetchone()
 
 
-def has_pending(db: Database, destination: str) -> bool:
+# Work waiting for a destination: pending, or leased by a worker that died (lease expired).
+# A delivery whose lease is current is being sent (or is the probe) and is never moved.
+_WAITING = "(state = 'pending' OR (state = 'leased' AND lease_expires_at <= ?))"
+
+
+def has_pending(db: Database, destination: str, *, now: float | None = None) -> bool:
+    moment = time.time() if now is None else now
     with db.transaction(write=False) as cur:
         row = cur.execute(
-            "SELECT id FROM deliveries WHERE destination = ? AND state = 'pending' LIMIT 1",
-            (destination,),
+            f"SELECT id FROM deliveries WHERE destination = ? AND {_WAITING} LIMIT 1",
+            (destination, moment),
         ).fetchone()
     return row is not None
 
@@ -227,9 +233,9 @@ def claim_probe(
         if row["next_probe_at"] is not None and float(row["next_probe_at"]) > moment:
             return False
         pick = cur.execute(
-            "SELECT id FROM deliveries WHERE destination = ? AND state = 'pending' "
+            f"SELECT id FROM deliveries WHERE destination = ? AND {_WAITING} "
             "ORDER BY priority DESC, next_attempt_at, id LIMIT 1" + db.for_update(),
-            (destination,),
+            (destination, moment),
         ).fetchone()
         if pick is None:
             return False
@@ -258,7 +264,7 @@ def fail_over(
     now: float | None = None,
     limit: int = _MOVE_BATCH,
 ) -> Move:
-    """Move up to `limit` pending deliveries of `source`, down over `after` s, to `target`."""
+    """Move up to `limit` waiting deliveries of `source`, down over `after` s, to `target`."""
     moment = time.time() if now is None else now
     with db.transaction() as cur:
         health = cur.execute(
@@ -273,9 +279,9 @@ def fail_over(
         _locked(db, cur, target, moment)  # moves into `target` one at a time (see above)
         rows = cur.execute(
             "SELECT id, instance_id, study_instance_uid, rule, priority, created_at "
-            "FROM deliveries WHERE destination = ? AND state = 'pending' ORDER BY id LIMIT ?"
+            f"FROM deliveries WHERE destination = ? AND {_WAITING} ORDER BY id LIMIT ?"
             + db.for_update(),
-            (source, limit),
+            (source, moment, limit),
         ).fetchall()
         if not rows:
             return Move()
@@ -327,10 +333,11 @@ def fail_over(
                 existing[int(row["instance_id"])] = {"id": new_id, "state": "pending"}
                 note = f"failed over to {target} (delivery {new_id}): {source} {cause}"
                 counts[0] += 1
-            settled.append((moment, moment, note, row["id"]))
+            settled.append((moment, moment, note, row["id"], moment))
         cur.executemany(
             "UPDATE deliveries SET state = 'failed_over', settled_at = ?, updated_at = ?, "
-            "last_status = 'failed over', note = ? WHERE id = ? AND state = 'pending'",
+            "lease_owner = NULL, lease_expires_at = NULL, last_status = 'failed over', "
+            f"note = ? WHERE id = ? AND {_WAITING}",
             settled,
         )
         for study, (moved, there_already) in studies.items():

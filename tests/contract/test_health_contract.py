@@ -217,13 +217,22 @@ def test_failover_moves_pending_deliveries_once_with_the_reason(
     take_down(database, gate)
     since = float(health_row(database, "pacs")["since"])  # type: ignore[index]
     assert fail_over(database, "pacs", "cloud", after=600, actor="w1", now=since + 599).moved == 0
-    (in_flight,) = lease(database, limit=1)  # probing, say: leased work is never moved
+    # A delivery being sent (the probe, say) is never moved; one whose worker died is.
+    (in_flight,) = lease_batch(
+        database, "pacs", "w1", lease_seconds=3600, max_instances=1, max_bytes=BIG
+    )
+    (abandoned,) = lease_batch(
+        database, "pacs", "gone", lease_seconds=0.01, max_instances=1, max_bytes=BIG
+    )
+    time.sleep(0.05)
     move = fail_over(database, "pacs", "cloud", after=600, actor="w1", now=since + 601)
     assert (move.moved, move.already_there) == (3, 0)
     assert move.reason.startswith("failed over from pacs: down since ")
     assert move.reason.endswith("Z, last error " + " - ".join(REFUSED))
     pacs = {row["id"]: row for row in rows_of(database, "pacs")}
     assert pacs[in_flight.delivery_id]["state"] == "leased"
+    assert pacs[abandoned.delivery_id]["state"] == "failed_over"
+    assert pacs[abandoned.delivery_id]["lease_owner"] is None
     moved = [row for row in pacs.values() if row["state"] == "failed_over"]
     assert len(moved) == 3 and all(row["settled_at"] for row in moved)
     cloud = rows_of(database, "cloud")
