@@ -178,9 +178,10 @@ def record_signal(
             cur,
             "destination.down",
             outcome="down",
-            actor=actor,
+            actor=destination,  # `dicom-gateway audit --actor NAME` finds its transitions
             detail={
                 "destination": destination,
+                "observed_by": actor,
                 "consecutive_failures": failures,
                 "last_error": error,
                 "previous_state": old,
@@ -192,9 +193,10 @@ def record_signal(
             cur,
             "destination.up",
             outcome=new,
-            actor=actor,
+            actor=destination,
             detail={
                 "destination": destination,
+                "observed_by": actor,
                 "down_since": row["since"],
                 "down_seconds": round(moment - float(row["since"]), 3),
                 "last_error": row["last_error"],

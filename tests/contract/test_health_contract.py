@@ -87,7 +87,7 @@ def state(db: Database) -> str:
 
 
 def kinds(db: Database) -> list[str]:
-    return [e["kind"] for e in events_for(db, actor="w1") if e["kind"].startswith("destination.")]
+    return [e["kind"] for e in events_for(db, actor="pacs") if e["kind"].startswith("destination.")]
 
 
 def take_down(db: Database, gate: Breaker) -> None:

@@ -201,7 +201,7 @@ def test_the_worker_probes_with_one_instance_while_down_and_resumes_when_up(
     finally:
         stop.set()
         worker.join(5)
-    kinds = [e["kind"] for e in events_for(db, actor="test/pacs/0")]
+    kinds = [e["kind"] for e in events_for(db, actor="pacs")]
     assert [k for k in kinds if k.startswith("destination.")] == [
         "destination.down",
         "destination.up",
