@@ -167,6 +167,8 @@ def _check_config(args: argparse.Namespace) -> int:
             else f"{destination.ae_title}@{destination.host}:{destination.port}"
         )
         print(f"  destination {name}: {destination.type} {where}")
+    for name, failover in sorted(settings.health.failover.items()):
+        print(f"  failover {name}: -> {failover.to} after {failover.after:g}s down")
     for rule in settings.routes:
         flags = " (final)" if rule.final else ""
         print(f"  rule {rule.name}: -> {', '.join(rule.forward)}{flags}")

@@ -101,6 +101,8 @@ def test_a_down_pacs_fails_over_exactly_once_and_is_probed_back_up(
             table = cli("destinations")
             assert any(line.split()[:2] == ["pacs-a", "down"] for line in table.splitlines()), table
             assert "pacs-a: fails over to pacs-b after 2s down" in table
+            assert "failover pacs-a: -> pacs-b after 2s down" in cli("check-config")
+            assert "Destination health" in httpx.get(f"{gateway.http_url}/admin/").text
             metrics = httpx.get(f"{gateway.http_url}/metrics", headers=admin).text
             assert 'gateway_destination_up{destination="pacs-a"} 0.0' in metrics
             assert 'gateway_destination_up{destination="pacs-b"} 1.0' in metrics
