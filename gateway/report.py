@@ -188,7 +188,9 @@ def format_destinations(rows: list[dict[str, Any]]) -> str:
                 f"{row['destination']}: fails over to {row['failover']['to']} after "
                 f"{row['failover']['after']:g}s down ({row['failed_over']} failed over so far)"
             )
-        if row["state"] == "down" and row["next_probe_at"] is not None:
+        if row["state"] == "down" and not row["pending"]:
+            lines.append(f"{row['destination']}: nothing queued; probed when work for it arrives")
+        elif row["state"] == "down" and row["next_probe_at"] is not None:
             lines.append(f"{row['destination']}: next probe {_when(row['next_probe_at'])}")
     return "\n".join(lines)
 

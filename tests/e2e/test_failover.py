@@ -137,6 +137,7 @@ def test_a_down_pacs_fails_over_exactly_once_and_is_probed_back_up(
                 "pacs-b received each instance exactly once"
             )
             assert health()["pacs-a"]["state"] == "down", "nothing left to probe with"
+            assert "pacs-a: nothing queued; probed when work for it arrives" in cli("destinations")
 
             # pacs-a comes back; new instances probe it and close the breaker
             pacs_a.start()
@@ -163,6 +164,17 @@ def test_a_down_pacs_fails_over_exactly_once_and_is_probed_back_up(
             audit = cli("audit", "--actor", "pacs-a", "--json")
             kinds = [event["kind"] for event in json.loads(audit)]
             assert kinds.count("destination.down") == 1 and kinds.count("destination.up") == 1
+
+            # the runbook's way to send failed-over instances to the primary as well
+            assert cli("retry", "pacs-a", "--failed-over", "--study", study).startswith(
+                f"re-queued {len(first)} failed-over deliveries of study {study} for pacs-a"
+            )
+            wait_until(
+                lambda: first_uids <= pacs_a.received_sop_instance_uids(),
+                timeout=30,
+                message="the failed-over study at pacs-a too",
+            )
+            assert pacs_b.log_text().count("Received Store Request") == len(first)
     finally:
         pacs_a.stop()
 
