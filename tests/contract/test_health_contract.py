@@ -349,3 +349,20 @@ def test_the_breaker_fails_over_when_it_admits_a_worker(database: Database, tmp_
     assert Counter(row["state"] for row in rows_of(database, "pacs")) == {"failed_over": 3}
     assert len(rows_of(database, "cloud")) == 3
     assert [row["destination"] for row in health_rows(database)] == ["cloud", "pacs"]
+
+
+def test_a_probe_the_peer_refuses_still_closes_the_breaker_as_degraded(
+    database: Database, tmp_path: Path
+) -> None:
+    seed(database, tmp_path, studies=1, per_study=2)
+    gate = breaker(database, threshold=1, probe=0.01)
+    take_down(database, gate)
+    time.sleep(0.02)
+    assert gate.admit("w1", 50) == 1
+    send(database, gate, lease(database, limit=1), [Outcome.PERMANENT])
+    row = health_row(database, "pacs")
+    assert row is not None and row["state"] == "degraded", "reachable, though it refused"
+    assert row["last_error"] == "0xA900 - refused" and row["last_success_at"] is None
+    assert kinds(database) == ["destination.down", "destination.up"]
+    (up,) = [e for e in events_for(database, actor="pacs") if e["kind"] == "destination.up"]
+    assert up["outcome"] == "degraded"
