@@ -83,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     retry = command("retry", "re-queue dead deliveries of a destination")
     retry.add_argument("destination")
     retry.add_argument("--study", help="only this StudyInstanceUID")
+    retry.add_argument(
+        "--failed-over",
+        action="store_true",
+        help="send failed-over deliveries to DESTINATION as well (their copies stay at the "
+        "failover destination); without it, dead deliveries are re-queued",
+    )
     retry.set_defaults(handler=_retry)
     bulk = command("import", "ingest DICOM files from folders (copies them; originals stay)")
     bulk.add_argument("paths", nargs="+", type=Path, help="files or folders")
@@ -100,6 +106,11 @@ def _parser() -> argparse.ArgumentParser:
     check_spool.add_argument("--min-age", default="24h", help="orphan age: 30m, 24h, 7d (24h)")
     check_spool.add_argument("--json", action="store_true", help="machine-readable output")
     check_spool.set_defaults(handler=_spool_check)
+    destinations = command(
+        "destinations", "health of each destination: state, since when, last error, failover"
+    )
+    destinations.add_argument("--json", action="store_true", help="machine-readable output")
+    destinations.set_defaults(handler=_destinations)
     token = command("token", "print a bearer token from the built-in issuer (auth.mode builtin)")
     token.add_argument(
         "--scope",
@@ -191,6 +202,8 @@ def _check_config(args: argparse.Namespace) -> int:
         )
     for title, target in settings.dimse.move_destinations.items():
         print(f"  move destination {title}: {target.host}:{target.port}")
+    for name, failover in sorted(settings.health.failover.items()):
+        print(f"  failover {name}: -> {failover.to} after {failover.after:g}s down")
     for rule in settings.routes:
         flags = " (final)" if rule.final else ""
         print(f"  rule {rule.name}: -> {', '.join(rule.forward)}{flags}")
@@ -280,12 +293,19 @@ def _retry(args: argparse.Namespace) -> int:
         known = ", ".join(settings.destinations) or "none"
         print(f"error: no destination {args.destination!r}; configured: {known}", file=sys.stderr)
         return 2
-    count = requeue_dead(
+    if args.failed_over:
+        from gateway.db.health import requeue_failed_over
+
+        requeue = requeue_failed_over
+    else:
+        requeue = requeue_dead
+    count = requeue(
         open_database(settings.storage.database), args.destination, study_uid=args.study
     )
     scope = f" of study {args.study}" if args.study else ""
+    kind = "failed-over" if args.failed_over else "dead"
     print(
-        f"re-queued {count} dead deliver{'y' if count == 1 else 'ies'}{scope} "
+        f"re-queued {count} {kind} deliver{'y' if count == 1 else 'ies'}{scope} "
         f"for {args.destination}"
     )
     return 0
@@ -378,3 +398,13 @@ def _spool_check(args: argparse.Namespace) -> int:
     else:
         print(format_spool_check(report, deleting=args.delete_orphans))
     return 0 if report.healthy else 1
+
+
+def _destinations(args: argparse.Namespace) -> int:
+    from gateway.db import open_database
+    from gateway.report import destinations_health, format_destinations
+
+    settings = _settings(args)
+    rows = destinations_health(settings, open_database(settings.storage.database))
+    print(json.dumps(rows, indent=2) if args.json else format_destinations(rows))
+    return 0

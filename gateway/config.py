@@ -38,6 +38,7 @@ from gateway.destinations import (
     parse_move_destinations,
 )
 from gateway.exceptions import ConfigError
+from gateway.health_config import HealthSettings, parse_health
 from gateway.routing.rules import Rule, load_default, load_rules
 from gateway.spool.s3url import parse_s3_url
 from gateway.telemetry_config import (
@@ -155,6 +156,7 @@ class Settings:
     http: HttpSettings = field(default_factory=HttpSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
 
 
 def load_settings(path: str | os.PathLike[str]) -> Settings:
@@ -194,6 +196,7 @@ def parse_settings(raw: object, *, base_dir: Path, source: Path | None = None) -
             "http",
             "logging",
             "telemetry",
+            "health",
         },
     )
     node = _node(top.get("node", {}))
@@ -233,6 +236,7 @@ def parse_settings(raw: object, *, base_dir: Path, source: Path | None = None) -
         http=_http(top.get("http", {})),
         logging=parse_logging(top.get("logging", {})),
         telemetry=parse_telemetry(top.get("telemetry", {})),
+        health=parse_health(top.get("health", {}), top.get("destinations", {}), destinations),
     )
 
 

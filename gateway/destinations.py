@@ -20,6 +20,7 @@ from gateway.config_values import number as _number
 from gateway.config_values import text as _text
 from gateway.config_values import tls_settings as _tls
 from gateway.exceptions import ConfigError
+from gateway.health_config import DESTINATION_KEYS
 from gateway.s3keys import DEFAULT_KEY_TEMPLATE, check_key_template
 from gateway.spool.s3url import S3Location, parse_s3_url
 from gateway.transform.settings import TransformSettings, parse_transform
@@ -112,6 +113,7 @@ def parse_destinations(raw: object, node_ae: str, base_dir: Path) -> dict[str, D
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
             raise ConfigError(f"{key}: destination names use letters, digits, '_', '.', '-'")
         entry = _mapping(value, key)
+        entry = {k: v for k, v in entry.items() if k not in DESTINATION_KEYS}  # health_config.py
         kind = entry.get("type")
         retry = _retry(entry.get("retry", {}), f"{key}.retry")
         workers = int(_number(entry, key, "workers", 1, minimum=1))

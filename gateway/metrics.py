@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from gateway.db import Database
 from gateway.db.deliveries import Settlement, queue_summary
+from gateway.db.health import health_rows
 from gateway.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class GatewayMetrics:
         self._meter = meter
         self._lock = threading.Lock()
         self._snapshot: tuple[float, list[Any]] | None = None
+        self._health_snapshot: tuple[float, list[Any]] | None = None
         self._db: Database | None = None
         self._spool: Spool | None = None
         self._destinations: tuple[str, ...] = ()
@@ -146,6 +148,19 @@ class GatewayMetrics:
             description="Age of the oldest delivery per destination and state",
         )
         self._meter.create_observable_gauge(
+            "gateway.destination.up",
+            callbacks=[self._observe_up],
+            unit="{destination}",
+            description="1 while the destination's circuit breaker is closed (up or degraded), "
+            "0 while it is down",
+        )
+        self._meter.create_observable_gauge(
+            "gateway.destination.consecutive_failures",
+            callbacks=[self._observe_failures],
+            unit="{batch}",
+            description="Batches in a row that failed as a whole (0 after a success)",
+        )
+        self._meter.create_observable_gauge(
             "gateway.spool.disk.used",
             callbacks=[self._disk("used")],
             unit="By",
@@ -191,6 +206,35 @@ class GatewayMetrics:
 
     def _observe_oldest(self, options: CallbackOptions) -> Iterable[Observation]:
         return self._queue_values("oldest_age", fresh=False)
+
+    def _health_values(self, *, fresh: bool) -> dict[str, Any]:
+        with self._lock:
+            now = time.monotonic()
+            snapshot = self._health_snapshot
+            if fresh or snapshot is None or now - snapshot[0] >= _SNAPSHOT_SECONDS:
+                rows: list[Any] = []
+                if self._db is not None:
+                    try:
+                        rows = health_rows(self._db)
+                    except Exception as exc:  # a scrape must not fail because the db is busy
+                        log.warning("health gauges: could not read destination health: %s", exc)
+                snapshot = self._health_snapshot = (now, rows)
+        by_name = {str(row["destination"]): row for row in snapshot[1]}
+        return {name: by_name.get(name) for name in self._destinations}
+
+    def _observe_up(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(0 if row is not None and row["state"] == "down" else 1, {"destination": n})
+            for n, row in sorted(self._health_values(fresh=True).items())
+        ]
+
+    def _observe_failures(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(
+                int(row["consecutive_failures"]) if row is not None else 0, {"destination": n}
+            )
+            for n, row in sorted(self._health_values(fresh=False).items())
+        ]
 
     def _disk(self, which: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def observe(options: CallbackOptions) -> Iterable[Observation]:

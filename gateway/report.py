@@ -7,15 +7,19 @@ database the gateway writes, so the answer is the recorded truth, not a reconstr
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.db import Database
-from gateway.db.deliveries import attempts_of, deliveries_of_study
+from gateway.db.deliveries import attempts_of, deliveries_of_study, queue_summary
 from gateway.db.engine import Row
 from gateway.db.events import events_for
+from gateway.db.health import health_rows
 from gateway.db.instances import instances_of_study
 from gateway.routing.decision import Decision
 from gateway.telemetry import trace_id_of
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
 
 
 def study_trace(db: Database, study_uid: str) -> dict[str, Any]:
@@ -102,6 +106,8 @@ def format_trace(trace: dict[str, Any]) -> str:
                     else ""
                 )
             )
+            if delivery.get("note"):
+                lines.append(f"       {delivery['note']}")
             for attempt in delivery["attempts_log"]:
                 detail = f" - {attempt['detail']}" if attempt["detail"] else ""
                 lines.append(
@@ -123,6 +129,69 @@ def format_queue(rows: list[Row]) -> str:
             f"{row['destination']:<20} {row['state']:<11} {row['count']:>7} "
             f"{_age(float(row['oldest_age'] or 0)):>10}"
         )
+    return "\n".join(lines)
+
+
+def destinations_health(settings: Settings, db: Database) -> list[dict[str, Any]]:
+    """Each configured destination's breaker state, its failover and its pending work."""
+    rows = {str(row["destination"]): row for row in health_rows(db)}
+    queued: dict[str, dict[str, int]] = {}
+    for row in queue_summary(db):
+        queued.setdefault(str(row["destination"]), {})[str(row["state"])] = int(row["count"])
+    result = []
+    for name, destination in sorted(settings.destinations.items()):
+        row = rows.get(name) or {}
+        policy = settings.health.policy(name)
+        failover = settings.health.failover.get(name)
+        counts = queued.get(name, {})
+        result.append(
+            {
+                "destination": name,
+                "type": destination.type,
+                "state": row.get("state", "up"),
+                "since": row.get("since"),
+                "consecutive_failures": int(row.get("consecutive_failures") or 0),
+                "last_error": row.get("last_error"),
+                "last_error_at": row.get("last_error_at"),
+                "last_success_at": row.get("last_success_at"),
+                "next_probe_at": row.get("next_probe_at") if row.get("state") == "down" else None,
+                "failure_threshold": policy.failure_threshold,
+                "probe_interval": policy.probe_interval,
+                "failover": None
+                if failover is None
+                else {"to": failover.to, "after": failover.after},
+                "pending": counts.get("pending", 0) + counts.get("leased", 0),
+                "dead": counts.get("dead", 0),
+                "failed_over": counts.get("failed_over", 0),
+            }
+        )
+    return result
+
+
+def format_destinations(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no destinations configured"
+    header = (
+        f"{'destination':<16} {'state':<9} {'since':<23} {'fails':>5} {'queued':>7} "
+        f"{'last success':<23} last error"
+    )
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        lines.append(
+            f"{row['destination']:<16} {row['state']:<9} {_when(row['since']):<23} "
+            f"{row['consecutive_failures']:>5} {row['pending']:>7} "
+            f"{_when(row['last_success_at']):<23} {row['last_error'] or '-'}"
+        )
+    for row in rows:
+        if row["failover"] is not None:
+            lines.append(
+                f"{row['destination']}: fails over to {row['failover']['to']} after "
+                f"{row['failover']['after']:g}s down ({row['failed_over']} failed over so far)"
+            )
+        if row["state"] == "down" and not row["pending"]:
+            lines.append(f"{row['destination']}: nothing queued; probed when work for it arrives")
+        elif row["state"] == "down" and row["next_probe_at"] is not None:
+            lines.append(f"{row['destination']}: next probe {_when(row['next_probe_at'])}")
     return "\n".join(lines)
 
 

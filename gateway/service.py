@@ -22,6 +22,7 @@ from gateway.db import Database, open_database
 from gateway.db.events import audit
 from gateway.exceptions import GatewayError
 from gateway.forward.factory import make_sender
+from gateway.forward.health import Breaker
 from gateway.forward.traced import TracedSender
 from gateway.forward.worker import DeliveryWorker
 from gateway.ingest import Ingestor, IngestResult
@@ -81,6 +82,13 @@ class Gateway:
         if self._reporter is not None:
             self._reporter.start()
         for destination in self.settings.destinations.values():
+            breaker = Breaker(
+                db=self.db,
+                destination=destination.name,
+                policy=self.settings.health.policy(destination.name),
+                failover=self.settings.health.failover.get(destination.name),
+                on_failover=self._wake_destination,
+            )
             for index in range(destination.workers):
                 worker = DeliveryWorker(
                     destination=destination,
@@ -100,6 +108,7 @@ class Gateway:
                     stop=self._stop,
                     wake=self._wake[destination.name],
                     on_settled=partial(self.telemetry.metrics.settled, destination.name),
+                    health=breaker,
                 )
                 worker.start()
                 self._workers.append(worker)
@@ -210,6 +219,11 @@ class Gateway:
             wake = self._wake.get(target.destination)
             if wake is not None:
                 wake.set()
+
+    def _wake_destination(self, name: str) -> None:
+        wake = self._wake.get(name)
+        if wake is not None:
+            wake.set()
 
     def _audit(self, kind: str, **fields: Any) -> None:
         audit(self.db, kind, **fields)

@@ -14,7 +14,7 @@ from gateway.admin.studies import recent_studies
 from gateway.auth.principal import SCOPE_ADMIN
 from gateway.db.deliveries import queue_summary, requeue_dead
 from gateway.db.events import events_for
-from gateway.report import study_trace
+from gateway.report import destinations_health, study_trace
 from gateway.web.errors import WebProblem, problem_handler
 from gateway.web.guard import Endpoint, principal_of
 from gateway.web.urls import context_of, path_uid
@@ -36,6 +36,14 @@ async def queue(request: Request) -> Response:
     rows = await anyio.to_thread.run_sync(lambda: queue_summary(db))
     destinations = sorted(context_of(request).settings.destinations)
     return JSONResponse({"destinations": destinations, "queue": rows})
+
+
+@problem_handler
+async def destinations(request: Request) -> Response:
+    """GET /admin/destinations: each destination's health (circuit breaker) and failover."""
+    context = context_of(request)
+    rows = await anyio.to_thread.run_sync(lambda: destinations_health(context.settings, context.db))
+    return JSONResponse({"destinations": rows})
 
 
 @problem_handler
@@ -98,6 +106,7 @@ def admin_endpoints() -> list[Endpoint]:
     return [
         Endpoint("/admin/queue", queue, ("GET",), SCOPE_ADMIN, "admin_queue"),
         Endpoint("/admin/studies", studies, ("GET",), SCOPE_ADMIN, "admin_studies"),
+        Endpoint("/admin/destinations", destinations, ("GET",), SCOPE_ADMIN, "admin_destinations"),
         Endpoint("/admin/studies/{study}/trace", trace, ("GET",), SCOPE_ADMIN, "admin_trace"),
         Endpoint("/admin/audit", audit, ("GET",), SCOPE_ADMIN, "admin_audit"),
         Endpoint(

@@ -8,10 +8,10 @@ at lease time, so an instance that crashes the worker still reaches its attempt 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from gateway.db.engine import Database, Row
+from gateway.db.engine import Cursor, Database, Row
 from gateway.db.events import record_event
 
 # What a sender needs of an instance (not the indexed attributes or the header JSON).
@@ -128,13 +128,22 @@ def due_times(
     return float(row["oldest"]), float(row["latest"])
 
 
-def settle(db: Database, owner: str, settlements: Sequence[Settlement]) -> int:
+def settle(
+    db: Database,
+    owner: str,
+    settlements: Sequence[Settlement],
+    *,
+    then: Callable[[Cursor], Callable[[], None] | None] | None = None,
+) -> int:
     """Record outcomes of leased deliveries; returns how many were still ours to settle.
 
     A whole batch is settled in one transaction with one statement of each kind, not three
-    per delivery: the write lock it holds is the one ingest waits for.
+    per delivery: the write lock it holds is the one ingest waits for. `then` runs last in
+    the same transaction (the destination's health, gateway/db/health.py); what it returns
+    runs after the commit.
     """
     settlements = _first_of_each(settlements)
+    after: Callable[[], None] | None = None
     with db.transaction() as cur:
         held: dict[int, Row] = {}
         for start in range(0, len(settlements), _IDS_PER_STATEMENT):
@@ -201,6 +210,10 @@ def settle(db: Database, owner: str, settlements: Sequence[Settlement]) -> int:
                         "attempts": row["attempts"],
                     },
                 )
+        if then is not None:
+            after = then(cur)
+    if after is not None:
+        after()
     return len(ours)
 
 

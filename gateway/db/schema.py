@@ -159,4 +159,21 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX commitments_due ON commitments (state, next_attempt_at);
     CREATE INDEX commitments_requested ON commitments (requested_at)
     """,
+    # 5: destination health (the circuit breaker, shared by every replica) and failover:
+    # `origin_id` links a failed-over delivery's replacement to it, `note` says why.
+    """
+    CREATE TABLE destination_health (
+        destination TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        since DOUBLE PRECISION NOT NULL,
+        consecutive_failures INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        last_error_at DOUBLE PRECISION,
+        last_success_at DOUBLE PRECISION,
+        next_probe_at DOUBLE PRECISION,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    ALTER TABLE deliveries ADD COLUMN origin_id BIGINT;
+    ALTER TABLE deliveries ADD COLUMN note TEXT
+    """,
 )

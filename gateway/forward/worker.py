@@ -36,6 +36,7 @@ from gateway.db.deliveries import (
 from gateway.exceptions import GatewayError
 from gateway.forward.backoff import give_up_reason, retry_delay
 from gateway.forward.base import Outcome, OutgoingInstance, Sender, SendResult
+from gateway.forward.health import Breaker
 from gateway.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class DeliveryWorker:
         on_settled: Callable[[Sequence[Settlement]], None] | None = None,
         linger: float | None = None,
         quiet: float | None = None,
+        health: Breaker | None = None,
     ) -> None:
         self._destination = destination
         self._sender = sender
@@ -74,6 +76,7 @@ class DeliveryWorker:
         # None: as configured (`delivery.linger`, `delivery.quiet`)
         self._linger = delivery.linger if linger is None else linger
         self._quiet = delivery.quiet if quiet is None else quiet
+        self._health = health  # the destination's circuit breaker (gateway/forward/health.py)
         self._thread = threading.Thread(target=self._run, name=owner, daemon=True)
 
     def start(self) -> None:
@@ -105,12 +108,17 @@ class DeliveryWorker:
     def run_once(self) -> bool:
         """Lease, send and settle one batch; False when nothing was due."""
         destination = self._destination
+        limit = destination.max_batch_instances
+        if self._health is not None:
+            limit = self._health.admit(self.owner, limit)  # 1: a probe; 0: the breaker is open
+            if limit == 0:
+                return False
         leased = lease_batch(
             self._db,
             destination.name,
             self.owner,
             lease_seconds=self._delivery.lease_seconds,
-            max_instances=destination.max_batch_instances,
+            max_instances=limit,
             max_bytes=destination.max_batch_bytes,
         )
         if not leased:
@@ -125,7 +133,8 @@ class DeliveryWorker:
             self._settlement(item, results.get(item.delivery_id), started, finished)
             for item in leased
         ]
-        settle(self._db, self.owner, settlements)
+        health = self._health.observe(self.owner, results.values()) if self._health else None
+        settle(self._db, self.owner, settlements, then=health)
         if self._on_settled is not None:
             self._on_settled(settlements)
         return True

@@ -200,6 +200,8 @@ def test_destination_down_then_back_delivers_each_instance_once(
         tmp_path,
         {"cloud": {"type": "dicomweb", "url": orthanc.dicomweb_url, "retry": FAST_RETRY}},
         [{"name": "to-cloud", "forward": ["cloud"]}],
+        # Once the breaker opens (5 failed batches) one instance is probed per interval.
+        health={"probe_interval": 0.5},
     )
     series = make_ct_series(tmp_path / "series", 8, rows=128, cols=128)
     study = _study(series[0])
