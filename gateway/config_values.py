@@ -110,6 +110,36 @@ def tls_settings(raw: object, key: str, base_dir: Path) -> TlsSettings | None:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class RemoteAE:
+    """Another application entity the gateway calls: its AE title and where it listens.
+
+    Configured, never taken from the wire: C-MOVE destinations, storage commitment peers.
+    """
+
+    ae_title: str
+    host: str
+    port: int
+    tls: TlsSettings | None = None
+
+
+def remote_aes(raw: object, key: str, base_dir: Path) -> dict[str, RemoteAE]:
+    """A `{AE_TITLE: {host, port, tls}}` table; errors name `key.AE_TITLE.field`."""
+    result: dict[str, RemoteAE] = {}
+    for name, value in mapping(raw, key).items():
+        title = ae_title(name, f"{key}.{name} (an AE title)")
+        where = f"{key}.{title}"
+        entry = mapping(value, where)
+        no_unknown(entry, where, {"host", "port", "tls"})
+        result[title] = RemoteAE(
+            ae_title=title,
+            host=text(entry, where, "host", None),
+            port=int(number(entry, where, "port", None, minimum=1, maximum=65535)),
+            tls=tls_settings(entry.get("tls"), f"{where}.tls", base_dir),
+        )
+    return result
+
+
 def ae_title(value: object, key: str) -> str:
     """An AE title of 1-16 characters without backslash."""
     if not isinstance(value, str):

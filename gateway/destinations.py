@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from gateway.auth.settings import OutboundAuth, parse_outbound_auth
-from gateway.config_values import TlsSettings
+from gateway.config_values import RemoteAE, TlsSettings, remote_aes
 from gateway.config_values import ae_title as _ae_title
 from gateway.config_values import mapping as _mapping
 from gateway.config_values import no_unknown as _no_unknown
@@ -94,14 +94,8 @@ class S3Destination:
 Destination = DicomwebDestination | DimseDestination | S3Destination
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MoveDestination:
-    """Where a C-MOVE may send: `dimse.move_destinations`, keyed by the Move Destination AE."""
-
-    ae_title: str
-    host: str
-    port: int
-    tls: TlsSettings | None = None
+MoveDestination = RemoteAE
+"""Where a C-MOVE may send: `dimse.move_destinations`, keyed by the Move Destination AE."""
 
 
 def parse_destinations(raw: object, node_ae: str, base_dir: Path) -> dict[str, Destination]:
@@ -115,7 +109,7 @@ def parse_destinations(raw: object, node_ae: str, base_dir: Path) -> dict[str, D
         entry = _mapping(value, key)
         entry = {k: v for k, v in entry.items() if k not in DESTINATION_KEYS}  # health_config.py
         kind = entry.get("type")
-        retry = _retry(entry.get("retry", {}), f"{key}.retry")
+        retry = parse_retry(entry.get("retry", {}), f"{key}.retry")
         workers = int(_number(entry, key, "workers", 1, minimum=1))
         transform = parse_transform(entry.get("transform"), f"{key}.transform", base_dir)
         if kind == "dicomweb":
@@ -211,14 +205,16 @@ def parse_destinations(raw: object, node_ae: str, base_dir: Path) -> dict[str, D
     return result
 
 
-def _retry(raw: object, key: str) -> RetryPolicy:
+def parse_retry(raw: object, key: str, default: RetryPolicy | None = None) -> RetryPolicy:
+    """A `retry:` block; keys left out take `default`'s values (a destination's by default)."""
+    base = default or RetryPolicy()
     entry = _mapping(raw, key)
     _no_unknown(entry, key, {"max_attempts", "max_age_hours", "initial_backoff", "max_backoff"})
     return RetryPolicy(
-        max_attempts=int(_number(entry, key, "max_attempts", 20, minimum=1)),
-        max_age_hours=_number(entry, key, "max_age_hours", 72.0, minimum=0.001),
-        initial_backoff=_number(entry, key, "initial_backoff", 5.0, minimum=0.01),
-        max_backoff=_number(entry, key, "max_backoff", 900.0, minimum=0.01),
+        max_attempts=int(_number(entry, key, "max_attempts", base.max_attempts, minimum=1)),
+        max_age_hours=_number(entry, key, "max_age_hours", base.max_age_hours, minimum=0.001),
+        initial_backoff=_number(entry, key, "initial_backoff", base.initial_backoff, minimum=0.01),
+        max_backoff=_number(entry, key, "max_backoff", base.max_backoff, minimum=0.01),
     )
 
 
@@ -336,17 +332,4 @@ def _optional(entry: dict[str, object], key: str, name: str) -> str | None:
 
 def parse_move_destinations(raw: object, base_dir: Path) -> dict[str, MoveDestination]:
     """`dimse.move_destinations`: `{AE_TITLE: {host, port, tls}}`."""
-    items = _mapping(raw, "dimse.move_destinations")
-    result: dict[str, MoveDestination] = {}
-    for title, value in items.items():
-        ae = _ae_title(title, f"dimse.move_destinations.{title}")
-        key = f"dimse.move_destinations.{ae}"
-        entry = _mapping(value, key)
-        _no_unknown(entry, key, {"host", "port", "tls"})
-        result[ae] = MoveDestination(
-            ae_title=ae,
-            host=_text(entry, key, "host", None),
-            port=int(_number(entry, key, "port", None, minimum=1, maximum=65535)),
-            tls=_tls(entry.get("tls"), f"{key}.tls", base_dir),
-        )
-    return result
+    return remote_aes(raw, "dimse.move_destinations", base_dir)

@@ -12,27 +12,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from gateway.config_values import TlsSettings
-from gateway.config_values import ae_title as _ae_title
+from gateway.config_values import RemoteAE, remote_aes
 from gateway.config_values import mapping as _mapping
 from gateway.config_values import no_unknown as _no_unknown
 from gateway.config_values import number as _number
-from gateway.config_values import text as _text
-from gateway.config_values import tls_settings as _tls
-from gateway.destinations import RetryPolicy
+from gateway.destinations import RetryPolicy, parse_retry
 from gateway.exceptions import ConfigError
 
 CommitmentPolicy = Literal["stored", "delivered"]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CommitmentPeer:
-    """Where the N-EVENT-REPORT for one requesting AE title is sent."""
-
-    ae_title: str
-    host: str
-    port: int
-    tls: TlsSettings | None = None
+CommitmentPeer = RemoteAE
+"""Where the N-EVENT-REPORT for one requesting AE title is sent."""
 
 
 def _default_retry() -> RetryPolicy:
@@ -73,39 +64,9 @@ def parse_storage_commitment(raw: object, key: str, base_dir: Path) -> Commitmen
     return CommitmentSettings(
         policy=policy,
         timeout=_number(entry, key, "timeout", 600.0, minimum=0),
-        peers=_peers(entry.get("peers", {}), f"{key}.peers", base_dir),
-        retry=_retry(entry.get("retry", {}), f"{key}.retry"),
+        peers=remote_aes(entry.get("peers", {}), f"{key}.peers", base_dir),
+        retry=parse_retry(entry.get("retry", {}), f"{key}.retry", _default_retry()),
         acse_timeout=_number(entry, key, "acse_timeout", 30.0, minimum=1),
         dimse_timeout=_number(entry, key, "dimse_timeout", 60.0, minimum=1),
         poll_interval=_number(entry, key, "poll_interval", 1.0, minimum=0.05, maximum=60),
-    )
-
-
-def _peers(raw: object, key: str, base_dir: Path) -> dict[str, CommitmentPeer]:
-    peers: dict[str, CommitmentPeer] = {}
-    for name, value in _mapping(raw, key).items():
-        title = _ae_title(name, f"{key} AE title")
-        where = f"{key}.{title}"
-        item = _mapping(value, where)
-        _no_unknown(item, where, {"host", "port", "tls"})
-        peers[title] = CommitmentPeer(
-            ae_title=title,
-            host=_text(item, where, "host", None),
-            port=int(_number(item, where, "port", None, minimum=1, maximum=65535)),
-            tls=_tls(item.get("tls"), f"{where}.tls", base_dir),
-        )
-    return peers
-
-
-def _retry(raw: object, key: str) -> RetryPolicy:
-    entry = _mapping(raw, key)
-    _no_unknown(entry, key, {"max_attempts", "max_age_hours", "initial_backoff", "max_backoff"})
-    default = _default_retry()
-    return RetryPolicy(
-        max_attempts=int(_number(entry, key, "max_attempts", default.max_attempts, minimum=1)),
-        max_age_hours=_number(entry, key, "max_age_hours", default.max_age_hours, minimum=0.001),
-        initial_backoff=_number(
-            entry, key, "initial_backoff", default.initial_backoff, minimum=0.01
-        ),
-        max_backoff=_number(entry, key, "max_backoff", default.max_backoff, minimum=0.01),
     )

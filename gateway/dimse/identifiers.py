@@ -1,5 +1,6 @@
-"""Query/Retrieve identifiers (PS3.4 Annex C): C-FIND and C-MOVE/C-GET requests to searches,
-and search hits back to C-FIND response identifiers.
+"""Query/Retrieve identifiers (PS3.4 Annex C): C-FIND and C-MOVE/C-GET requests to searches.
+
+The answers going back (C-FIND response identifiers) are made in gateway/dimse/answers.py.
 
 Why here and not in the services: the mapping is pure (a Dataset in, a `Search` or a Dataset
 out), so it is tested without a network, and C-FIND, C-MOVE and C-GET share it. Matching
@@ -22,21 +23,16 @@ pending status is then 0xFF01 ("one or more optional keys were not supported").
 from __future__ import annotations
 
 import enum
-import json
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
 from pydicom.multival import MultiValue
 
-from gateway.db.engine import Row
-from gateway.db.qido import MATCHABLE, Hit, Kind, Level, Match
+from gateway.db.qido import MATCHABLE, Kind, Level, Match
 from gateway.dicom.attributes import INDEXED_ATTRIBUTES
 from gateway.dimse.channel import ChannelError, Request
 
@@ -88,7 +84,7 @@ UNIQUE_KEY = {
     QRLevel.SERIES: "SeriesInstanceUID",
     QRLevel.IMAGE: "SOPInstanceUID",
 }
-_UNIQUE_COLUMN = {
+UNIQUE_COLUMN = {
     "PatientID": "patient_id",
     "StudyInstanceUID": "study_instance_uid",
     "SeriesInstanceUID": "series_instance_uid",
@@ -194,7 +190,7 @@ _ANY_LEVEL = frozenset(
         "QueryRetrieveView",
     }
 )
-_COUNTS = {
+COUNTS = {
     "NumberOfPatientRelatedStudies": (QRLevel.PATIENT, "studies"),
     "NumberOfPatientRelatedSeries": (QRLevel.PATIENT, "series"),
     "NumberOfPatientRelatedInstances": (QRLevel.PATIENT, "instances"),
@@ -202,7 +198,7 @@ _COUNTS = {
     "NumberOfStudyRelatedInstances": (QRLevel.STUDY, "instances"),
     "NumberOfSeriesRelatedInstances": (QRLevel.SERIES, "instances"),
 }
-_COLUMN_OF = {keyword: column for column, keyword in INDEXED_ATTRIBUTES.items()}
+COLUMN_OF = {keyword: column for column, keyword in INDEXED_ATTRIBUTES.items()}
 _LIST_KINDS = frozenset({Kind.UID, Kind.CODE, Kind.MODALITIES})
 
 
@@ -448,111 +444,7 @@ def _value(element: DataElement) -> str | None:
     return "\\".join(values)
 
 
-# -- responses ---------------------------------------------------------------------------------
-
-
-def response_identifier(query: FindQuery, hit: Hit, *, ae_title: str) -> Dataset:
-    """The C-FIND response identifier for one match: the keys asked for, with the level's
-    unique keys, in the stored object's character set when it can hold every value, else in
-    UTF-8 (Specific Character Set says which)."""
-    row = hit.row
-    header = _header(row)
-    answer = Dataset()
-    wanted: list[ReturnKey] = list(query.returned)
-    asked = {key.keyword for key in wanted}
-    for level in QRLevel:
-        unique = UNIQUE_KEY[level]
-        if level <= query.level and unique not in asked:
-            if level is QRLevel.PATIENT and query.model is Model.STUDY_ROOT:
-                continue
-            wanted.append(ReturnKey(_tag(unique), unique, str(dictionary_VR(unique))))
-    for key in wanted:
-        answer.add(_answer_element(key, query, hit, row, header, ae_title))
-    answer.QueryRetrieveLevel = query.level.name
-    _choose_character_set(answer, row.get("specific_character_set"))
-    return answer
-
-
-def _answer_element(
-    key: ReturnKey, query: FindQuery, hit: Hit, row: Row, header: Mapping[str, Any], ae: str
-) -> DataElement:
-    keyword = key.keyword
-    if keyword in _COUNTS:
-        level, attribute = _COUNTS[keyword]
-        if level is query.level:
-            return DataElement(key.tag, "IS", str(getattr(hit, attribute)))
-        return DataElement(key.tag, key.vr, None)
-    if keyword == "ModalitiesInStudy" and query.level is QRLevel.STUDY:
-        return DataElement(key.tag, "CS", list(hit.modalities) or None)
-    if keyword == "RetrieveAETitle":
-        return DataElement(key.tag, "AE", ae)
-    if keyword == "InstanceAvailability":
-        return DataElement(key.tag, "CS", "ONLINE")
-    column = _UNIQUE_COLUMN.get(keyword)
-    if column is not None and row.get(column) is not None:
-        return DataElement(key.tag, key.vr, str(row[column]))
-    stored = _from_header(key.tag, header)
-    if stored is not None:
-        return stored
-    column = _COLUMN_OF.get(keyword)
-    if column is not None and row.get(column) is not None:  # header not made (unreadable)
-        value = row[column]
-        return DataElement(key.tag, key.vr, value if isinstance(value, int) else str(value))
-    return DataElement(key.tag, key.vr, [] if key.vr == "SQ" else None)
-
-
-def _header(row: Row) -> Mapping[str, Any]:
-    try:
-        document = json.loads(str(row.get("header_json") or "{}"))
-    except ValueError:
-        return {}
-    return document if isinstance(document, dict) else {}
-
-
-def _from_header(tag: int, header: Mapping[str, Any]) -> DataElement | None:
-    key = f"{tag:08X}"
-    value = header.get(key)
-    if not isinstance(value, dict) or "BulkDataURI" in value:
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a stored oddity is the modality's, not ours
-            return Dataset.from_json({key: value})[tag]
-    except Exception:  # a value pydicom cannot rebuild is answered empty
-        return None
-
-
-def _tag(keyword: str) -> int:
+def tag_of(keyword: str) -> int:
     tag = tag_for_keyword(keyword)
     assert tag is not None, keyword
     return int(tag)
-
-
-def _choose_character_set(answer: Dataset, stored: object) -> None:
-    candidate = str(stored) if stored else ""
-    if candidate:
-        answer.SpecificCharacterSet = candidate.split("\\") if "\\" in candidate else candidate
-    if _encodes(answer):
-        return
-    answer.SpecificCharacterSet = UTF8
-
-
-def _encodes(answer: Dataset) -> bool:
-    """True when every text value of `answer` can be written in its character set."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            buffer = DicomBytesIO()
-            buffer.is_little_endian = True
-            buffer.is_implicit_VR = False
-            write_dataset(buffer, answer)
-    except Exception:  # unencodable text (UserWarning raised), unknown character set
-        return False
-    return True
-
-
-def failed_uid_list(uids: Sequence[str]) -> Dataset:
-    """The identifier of a final C-MOVE/C-GET response with failures (0008,0058)."""
-    identifier = Dataset()
-    identifier.FailedSOPInstanceUIDList = list(uids)
-    return identifier

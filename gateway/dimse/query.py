@@ -19,6 +19,7 @@ from typing import Any
 from gateway.config import Settings
 from gateway.db import Database
 from gateway.db.qido import Search, SearchResult, search
+from gateway.dimse.answers import response_identifier
 from gateway.dimse.association import Association
 from gateway.dimse.channel import C_FIND_RQ, MessageChannel, Request
 from gateway.dimse.commands import STATUS_OUT_OF_RESOURCES, STATUS_UNRECOGNISED_OPERATION
@@ -32,7 +33,6 @@ from gateway.dimse.identifiers import (
     IdentifierError,
     parse_find,
     read_identifier,
-    response_identifier,
 )
 from gateway.exceptions import InvalidInputError, SpoolError, StoreError
 from gateway.headers import with_headers

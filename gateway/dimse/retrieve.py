@@ -39,6 +39,7 @@ from gateway.db.engine import Row
 from gateway.db.retrieve import instances_matching
 from gateway.destinations import MoveDestination
 from gateway.dicom.structure import data_set_offset
+from gateway.dimse.answers import failed_uid_list
 from gateway.dimse.association import Association
 from gateway.dimse.channel import C_GET_RQ, C_MOVE_RQ, MessageChannel, Request
 from gateway.dimse.commands import STATUS_UNRECOGNISED_OPERATION
@@ -51,7 +52,6 @@ from gateway.dimse.identifiers import (
     STUDY_ROOT_GET,
     STUDY_ROOT_MOVE,
     IdentifierError,
-    failed_uid_list,
     parse_retrieve,
     read_identifier,
 )

@@ -37,8 +37,9 @@ from gateway.health_config import FailoverPolicy, HealthPolicy
 
 log = logging.getLogger(__name__)
 
-LOCAL_STATUSES = frozenset({"spool", "internal error", "no result"})
-"""Statuses of failures on our side (gateway/forward/worker.py, the senders' spool reads)."""
+LOCAL_STATUSES = frozenset({"spool", "internal error", "no result", "transform failed"})
+"""Statuses of failures on our side (gateway/forward/worker.py, the senders' spool reads, a
+destination's transform, gateway/transform/sender.py)."""
 _FOLLOW_ON = "not sent"  # instances after the one that broke the association
 _MAX_MOVE_PASSES = 20  # per admit(): at most 20 x 500 deliveries before sending resumes
 

@@ -32,27 +32,9 @@ The bytes are hashed while they are sent; if they differ from the recorded size 
 object just written is deleted and the delivery is PERMANENT (``spool``): the spool copy is not
 what was received, and an object whose ``sha256`` label lies is worse than none.
 
-How a failure settles an instance
----------------------------------
-===========================================  ==========  ======================================
-Failure                                       Outcome     why
-===========================================  ==========  ======================================
-connection refused, reset, timed out          TRANSIENT   S3 comes back; the rest of the batch
-                                                          is not tried (same status)
-HTTP 5xx, 408, 429, SlowDown, Throttling,     TRANSIENT   passing; the worker backs off
-RequestTimeout, RequestTimeTooSkewed,
-InternalError, ServiceUnavailable
-no credentials found                          TRANSIENT   a role or variable may appear; the
-                                                          attempt limit dead-letters
-NoSuchBucket                                  PERMANENT   create the bucket or fix the URL
-AccessDenied, 403                             PERMANENT   IAM or bucket policy must change
-InvalidAccessKeyId, SignatureDoesNotMatch,    PERMANENT   the credentials must change
-ExpiredToken, InvalidToken
-KMS.* or a KMS message                        PERMANENT   the key or its policy must change
-other 4xx (InvalidStorageClass, ...)          PERMANENT   resending gets the same answer
-a UID that is not a UID                       PERMANENT   it cannot name a key
-spool cannot be read                          TRANSIENT   as for the other senders
-===========================================  ==========  ======================================
+Failures become outcomes in gateway/forward/s3_failures.py (connection problems and S3 being
+busy are retried; a missing bucket, denied access, bad credentials and KMS errors are
+dead-lettered with the fix).
 
 ``send`` never raises; each instance gets its own result. boto3's own retries (standard mode,
 3 attempts) run first; retrying later, with backoff, is the worker's job.
@@ -63,7 +45,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from boto3.exceptions import Boto3Error
@@ -71,25 +52,16 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    HTTPClientError,
-    NoCredentialsError,
-    PartialCredentialsError,
-    ReadTimeoutError,
 )
-from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from gateway.dicom.uids import is_valid_uid
 from gateway.exceptions import ConfigError, GatewayError
 from gateway.forward.base import Outcome, OutgoingInstance, SendResult
+from gateway.forward.s3_failures import FailureContext, Unreachable, failure_result
 from gateway.s3client import (
-    BAD_CREDENTIALS,
     DENIED,
     MISSING_OBJECT,
-    client_error,
     error_code,
-    last_exception,
 )
 from gateway.s3keys import DEFAULT_KEY_TEMPLATE, check_key_template, render_key
 from gateway.spool.s3url import S3Location
@@ -99,30 +71,6 @@ __all__ = ["S3Sender"]
 log = logging.getLogger(__name__)
 
 _CHUNK = 1024 * 1024
-_TRANSIENT_CODES = frozenset(
-    {
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-        "TooManyRequestsException",
-        "RequestTimeout",
-        "RequestTimeTooSkewed",
-        "InternalError",
-        "ServiceUnavailable",
-        "OperationAborted",
-        "BadDigest",
-        "IncompleteBody",
-    }
-)
-
-
-@dataclass(frozen=True, slots=True)
-class _Unreachable:
-    """S3 did not answer: every instance not yet tried in this batch gets this result."""
-
-    status: str
-    detail: str
 
 
 class S3Sender:
@@ -170,7 +118,7 @@ class S3Sender:
     def send(self, batch: Sequence[OutgoingInstance]) -> list[SendResult]:
         """Store every instance of ``batch``; one result per instance, in batch order."""
         results: list[SendResult] = []
-        down: _Unreachable | None = None
+        down: Unreachable | None = None
         for inst in batch:
             if down is not None:
                 detail = f"not tried: {down.detail}"
@@ -186,7 +134,7 @@ class S3Sender:
                     "internal error",
                     f"{type(exc).__name__}: {exc}",
                 )
-            if isinstance(outcome, _Unreachable):
+            if isinstance(outcome, Unreachable):
                 down = outcome
                 outcome = SendResult(inst.delivery_id, Outcome.TRANSIENT, down.status, down.detail)
             results.append(outcome)
@@ -200,7 +148,7 @@ class S3Sender:
 
     # -- one instance ------------------------------------------------------------------------
 
-    def _store(self, inst: OutgoingInstance) -> SendResult | _Unreachable:
+    def _store(self, inst: OutgoingInstance) -> SendResult | Unreachable:
         rendered = render_key(
             self._template,
             study=inst.study_instance_uid,
@@ -249,7 +197,7 @@ class S3Sender:
 
     def _upload(
         self, client: Any, inst: OutgoingInstance, key: str, where: str, digest: str
-    ) -> SendResult | _Unreachable | None:
+    ) -> SendResult | Unreachable | None:
         """Stream the instance to `key`; None when stored with exactly the recorded bytes."""
         try:
             source = inst.open()
@@ -337,86 +285,22 @@ class S3Sender:
             self._client = self._client_factory()
         return self._client
 
-    # -- failures ----------------------------------------------------------------------------
-
     def _failure(
         self, inst: OutgoingInstance, exc: BaseException, action: str, where: str
-    ) -> SendResult | _Unreachable:
-        """The one place where botocore and boto3 errors become outcomes (module docstring)."""
-        bucket = self._location.bucket
-        cause = client_error(exc)
-        if cause is not None:
-            code, message, http = error_code(cause)
-            status = " ".join(part for part in (f"HTTP {http}" if http else "", code) if part)
-            status = status or "S3 error"
-
-            def result(outcome: Outcome, detail: str) -> SendResult:
-                return SendResult(inst.delivery_id, outcome, status, detail)
-
-            if code == "NoSuchBucket":
-                return result(
-                    Outcome.PERMANENT,
-                    f"bucket {bucket!r} does not exist at {self._endpoint()}: create it "
-                    f"(aws s3 mb s3://{bucket}) or fix {self._setting}.url",
-                )
-            if code.startswith("KMS.") or "kms" in message.lower():
-                return result(
-                    Outcome.PERMANENT,
-                    f"S3 {action} of {where} failed at KMS ({code}: {message}): check that the "
-                    f"key in {self._setting}.url (sse_kms_key_id) exists and is enabled and "
-                    "that the gateway may use it (kms:GenerateDataKey, kms:Decrypt)",
-                )
-            busy = http is not None and (http >= 500 or http in (408, 429))
-            if code in _TRANSIENT_CODES or busy:
-                return result(
-                    Outcome.TRANSIENT,
-                    f"S3 {action} of {where} failed ({code or http}: {message}); "
-                    "S3 is busy or failing, retrying later",
-                )
-            if code in DENIED:
-                return result(
-                    Outcome.PERMANENT,
-                    f"S3 denied the {action} of {where} ({code}): allow s3:PutObject and "
-                    f"s3:GetObject on arn:aws:s3:::{bucket}/{self._prefix_pattern()} for the "
-                    "gateway's credentials (IAM policy and bucket policy)",
-                )
-            if code in BAD_CREDENTIALS:
-                return result(
-                    Outcome.PERMANENT,
-                    f"S3 refused the credentials of destination {self.name!r} ({code}: "
-                    f"{message}): check {self._credentials_hint} and the host's clock",
-                )
-            return result(
-                Outcome.PERMANENT,
-                f"S3 refused the {action} of {where} ({code or http}: {message}); "
-                f"check {self._setting}",
-            )
-        last = last_exception(exc)
-        if isinstance(exc, NoCredentialsError | PartialCredentialsError):
-            return _Unreachable(
-                "no credentials",
-                f"no AWS credentials for destination {self.name!r}: set {self._credentials_hint}",
-            )
-        if isinstance(last, ConnectTimeoutError | ReadTimeoutError):
-            return _Unreachable(
-                "timeout", f"S3 at {self._endpoint()} timed out during {action} of {where}: {last}"
-            )
-        if isinstance(last, EndpointConnectionError):
-            return _Unreachable(
-                "connection refused" if "refused" in str(last).lower() else "connect failed",
-                f"cannot connect to S3 at {self._endpoint()} ({action} of {where}): {last}",
-            )
-        if isinstance(last, BotoConnectionError | HTTPClientError):
-            return _Unreachable(
-                "connection error",
-                f"the connection to S3 at {self._endpoint()} failed during {action} of "
-                f"{where}: {last}",
-            )
-        return SendResult(
-            inst.delivery_id,
-            Outcome.TRANSIENT,
-            "S3 error",
-            f"S3 {action} of {where} failed: {type(last).__name__}: {last}",
+    ) -> SendResult | Unreachable:
+        return failure_result(
+            inst,
+            exc,
+            action,
+            where,
+            FailureContext(
+                destination=self.name,
+                setting=self._setting,
+                bucket=self._location.bucket,
+                prefix_pattern=self._prefix_pattern(),
+                credentials_hint=self._credentials_hint,
+                endpoint=self._endpoint(),
+            ),
         )
 
     def _endpoint(self) -> str:

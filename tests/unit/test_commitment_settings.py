@@ -31,7 +31,7 @@ def test_absent_means_not_offered_and_defaults_apply(tmp_path: Path) -> None:
         ({"wait": 5}, "unknown key(s) wait"),
         ({"peers": {"CT1": {"host": "h"}}}, "dimse.storage_commitment.peers.CT1.port is required"),
         ({"peers": {"CT1": {"port": 104}}}, "dimse.storage_commitment.peers.CT1.host is required"),
-        ({"peers": {"A" * 17: {"host": "h", "port": 1}}}, "peers AE title"),
+        ({"peers": {"A" * 17: {"host": "h", "port": 1}}}, "(an AE title)"),
         ({"peers": {"CT1": {"host": "h", "port": 1, "ae": "X"}}}, "unknown key(s) ae"),
         ({"retry": {"max_age_hours": 0}}, "dimse.storage_commitment.retry.max_age_hours"),
     ],

@@ -11,6 +11,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ImplicitVRLittleEndian
 
 from gateway.db.qido import Hit, Level, Match, where_clause
+from gateway.dimse.answers import response_identifier
 from gateway.dimse.channel import decode_data_set
 from gateway.dimse.identifiers import (
     UTF8,
@@ -19,7 +20,6 @@ from gateway.dimse.identifiers import (
     QRLevel,
     parse_find,
     parse_retrieve,
-    response_identifier,
 )
 from gateway.exceptions import InvalidInputError
 
