@@ -256,23 +256,46 @@ def requeue_dead(
     db: Database, destination: str, *, study_uid: str | None = None, actor: str = "cli"
 ) -> int:
     """Put dead deliveries of a destination (optionally one study) back in the queue."""
+    return requeue(db, destination, "dead", study_uid=study_uid, actor=actor)
+
+
+def requeue(
+    db: Database,
+    destination: str,
+    state: str,
+    *,
+    study_uid: str | None = None,
+    actor: str = "cli",
+    note: str | None = None,
+) -> int:
+    """Deliveries of `destination` in a settled `state` (dead, failed_over) queued again with
+    a fresh attempt budget; `note` is put before the delivery's note. Audited once."""
     moment = time.time()
     study_clause = " AND study_instance_uid = ?" if study_uid else ""
-    params: tuple[object, ...] = (moment, moment, destination) + ((study_uid,) if study_uid else ())
+    note_clause = ", note = ? || COALESCE(note, '')" if note is not None else ""
+    params: tuple[object, ...] = (
+        (moment, moment)
+        + ((note,) if note is not None else ())
+        + (state, destination)
+        + ((study_uid,) if study_uid else ())
+    )
     with db.transaction() as cur:
         count = cur.execute(
             "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, "
-            "settled_at = NULL, updated_at = ? WHERE state = 'dead' AND destination = ?"
-            + study_clause,
+            f"settled_at = NULL, updated_at = ?{note_clause} "
+            "WHERE state = ? AND destination = ?" + study_clause,
             params,
         ).rowcount
+        detail: dict[str, object] = {"destination": destination, "count": count}
+        if state != "dead":
+            detail["from_state"] = state
         record_event(
             cur,
             "delivery.retry",
             outcome="requeued",
             actor=actor,
             study_uid=study_uid,
-            detail={"destination": destination, "count": count},
+            detail=detail,
         )
     return count
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
+from gateway.db.deliveries import requeue
 from gateway.db.engine import Cursor, Database, Row
 from gateway.db.events import record_event
 
@@ -367,23 +368,11 @@ def requeue_failed_over(
 ) -> int:
     """Send failed-over instances to their original destination as well (the copies at the
     failover target stay): their deliveries go back in the queue with a fresh budget."""
-    moment = time.time()
-    study_clause = " AND study_instance_uid = ?" if study_uid else ""
-    params: tuple[object, ...] = (moment, moment, destination) + ((study_uid,) if study_uid else ())
-    with db.transaction() as cur:
-        count = cur.execute(
-            "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, "
-            "settled_at = NULL, updated_at = ?, "
-            "note = 'queued again after failover (retry --failed-over); was: ' || "
-            "COALESCE(note, '') WHERE state = 'failed_over' AND destination = ?" + study_clause,
-            params,
-        ).rowcount
-        record_event(
-            cur,
-            "delivery.retry",
-            outcome="requeued",
-            actor=actor,
-            study_uid=study_uid,
-            detail={"destination": destination, "count": count, "from_state": "failed_over"},
-        )
-    return count
+    return requeue(
+        db,
+        destination,
+        "failed_over",
+        study_uid=study_uid,
+        actor=actor,
+        note="queued again after failover (retry --failed-over); was: ",
+    )
