@@ -12,7 +12,6 @@ bytes (decoding a compressed frame when a codec is installed), which is what
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -25,7 +24,8 @@ from pydicom.pixels.utils import pack_bits, pixel_array
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
 
 from gateway.dicom import codecs
-from gateway.exceptions import GatewayError
+from gateway.dicom.structure import element_header_at
+from gateway.exceptions import GatewayError, InvalidInputError
 
 _PIXEL_DATA = 0x7FE00010
 _UNDEFINED = 0xFFFFFFFF
@@ -77,20 +77,13 @@ def _locate(fp: BinaryIO, position: int, header: Dataset, syntax: str) -> PixelL
     """Parse the element header at `position` (where pydicom stopped before the pixels)."""
     little = syntax != ExplicitVRBigEndian
     implicit = syntax == "1.2.840.10008.1.2"
-    prefix = "<" if little else ">"
-    fp.seek(position)
-    raw = fp.read(12)
-    if len(raw) < 8:
-        return None
-    group, element = struct.unpack(prefix + "HH", raw[:4])
-    if (group << 16 | element) != _PIXEL_DATA:
+    try:
+        found = element_header_at(fp, position, implicit_vr=implicit, little_endian=little)
+    except InvalidInputError as exc:
+        raise FrameError(f"the stored object is cut short: {exc}") from exc
+    if found is None or found.tag != _PIXEL_DATA:
         return None  # float pixel data or none at all: not served as frames
-    if implicit:
-        (length,) = struct.unpack(prefix + "I", raw[4:8])
-        value_offset = position + 8
-    else:
-        (length,) = struct.unpack(prefix + "I", raw[8:12])
-        value_offset = position + 12
+    length, value_offset = found.length, found.value_offset
     try:
         frames = int(header.get("NumberOfFrames") or 1)
         layout = PixelLayout(

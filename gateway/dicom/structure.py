@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import struct
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from gateway.exceptions import InvalidInputError
@@ -24,6 +25,48 @@ _ITEM_END = 0xFFFEE00D
 _SEQUENCE_END = 0xFFFEE0DD
 _MAX_DEPTH = 32
 _WINDOW = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ElementHeader:
+    """Tag, value length (UNDEFINED_LENGTH for an encapsulated or SQ value) and where the
+    value starts, of one element in a file."""
+
+    tag: int
+    length: int
+    value_offset: int
+
+
+UNDEFINED_LENGTH = _UNDEFINED
+
+
+def element_header_at(
+    fp: BinaryIO, position: int, *, implicit_vr: bool, little_endian: bool
+) -> ElementHeader | None:
+    """The header of the element starting at `position`; None at the end of the file.
+
+    Raises InvalidInputError when the file ends inside the header.
+    """
+    prefix = "<" if little_endian else ">"
+    fp.seek(position)
+    raw = fp.read(12)
+    if len(raw) < 8:
+        if raw:
+            raise _truncated(position)
+        return None
+    group, element = struct.unpack(prefix + "HH", raw[:4])
+    if implicit_vr:
+        (length,) = struct.unpack(prefix + "I", raw[4:8])
+        value = position + 8
+    elif raw[4:6] in _LONG_VRS:
+        if len(raw) < 12:
+            raise _truncated(position)
+        (length,) = struct.unpack(prefix + "I", raw[8:12])
+        value = position + 12
+    else:
+        (length,) = struct.unpack(prefix + "H", raw[6:8])
+        value = position + 8
+    return ElementHeader(group << 16 | element, int(length), value)
 
 
 def data_set_offset(fp: BinaryIO, *, head: bytes = b"") -> int:

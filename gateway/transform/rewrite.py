@@ -33,6 +33,8 @@ from pydicom.uid import (
 )
 
 import gateway.dicom.header  # noqa: F401  (read wire data with ingest's validation rules)
+from gateway.dicom.structure import element_header_at
+from gateway.exceptions import InvalidInputError
 from gateway.transform.errors import TransformError
 
 T = TypeVar("T")
@@ -42,9 +44,6 @@ MAX_TRAILER = 16 * 1024 * 1024
 """Elements after Pixel Data are read into memory; more than this is refused."""
 
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
-_LONG_VRS = frozenset(
-    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-)
 _UNDEFINED = 0xFFFFFFFF
 _ITEM = 0xFFFEE000
 _SEQUENCE_END = 0xFFFEE0DD
@@ -106,28 +105,18 @@ def _pixel_element(
     fp: BinaryIO, position: int, *, implicit: bool, little: bool
 ) -> tuple[int, int] | None:
     """(tag, end offset) of the pixel data element at `position`, or None if there is none."""
-    prefix = "<" if little else ">"
-    fp.seek(position)
-    raw = fp.read(12)
-    if len(raw) < 8:
+    try:
+        found = element_header_at(fp, position, implicit_vr=implicit, little_endian=little)
+    except InvalidInputError as exc:
+        raise TransformError(str(exc)) from exc
+    if found is None:
         return None
-    group, element = struct.unpack(prefix + "HH", raw[:4])
-    tag = group << 16 | element
+    tag, length, value = found.tag, found.length, found.value_offset
     if tag not in _PIXEL_TAGS:
+        group, element = tag >> 16, tag & 0xFFFF
         raise TransformError(
             f"expected Pixel Data at byte {position}, found ({group:04X},{element:04X})"
         )
-    if implicit:
-        (length,) = struct.unpack(prefix + "I", raw[4:8])
-        value = position + 8
-    elif raw[4:6] in _LONG_VRS:
-        if len(raw) < 12:
-            raise _truncated(position)
-        (length,) = struct.unpack(prefix + "I", raw[8:12])
-        value = position + 12
-    else:
-        (length,) = struct.unpack(prefix + "H", raw[6:8])
-        value = position + 8
     if length != _UNDEFINED:
         return tag, value + length
     # Encapsulated: items (always little endian) up to the sequence delimiter.
