@@ -178,7 +178,7 @@ def format_destinations(rows: list[dict[str, Any]]) -> str:
     lines = [header, "-" * len(header)]
     for row in rows:
         lines.append(
-            f"{row['destination']:<16} {row['state']:<9} {_when(row['since']):<23} "
+            f"{row['destination']:<16} {_state(row):<9} {_when(row['since']):<23} "
             f"{row['consecutive_failures']:>5} {row['pending']:>7} "
             f"{_when(row['last_success_at']):<23} {row['last_error'] or '-'}"
         )
@@ -193,6 +193,11 @@ def format_destinations(rows: list[dict[str, Any]]) -> str:
         elif row["state"] == "down" and row["next_probe_at"] is not None:
             lines.append(f"{row['destination']}: next probe {_when(row['next_probe_at'])}")
     return "\n".join(lines)
+
+
+def _state(row: dict[str, Any]) -> str:
+    """`untried` for a destination nothing was sent to yet (its breaker is closed: `up`)."""
+    return "untried" if row["since"] is None and row["state"] == "up" else str(row["state"])
 
 
 def _when(epoch: float | None) -> str:
