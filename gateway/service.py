@@ -54,7 +54,10 @@ class Gateway:
         )
         self._workers: list[DeliveryWorker] = []
         # Built here, not at start: a missing de-identification secret stops `serve` at once.
-        self._transformers = {n: transformer_for(d) for n, d in settings.destinations.items()}
+        self._transformers = {
+            name: transformer_for(destination, workdir=self.spool.staging_dir)
+            for name, destination in settings.destinations.items()
+        }
         self._commitment_wake = threading.Event()
         self._reporter: Any = None
         self._server: Any = None

@@ -27,6 +27,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.config import Destination
@@ -42,10 +43,12 @@ log = logging.getLogger(__name__)
 STATUS = "transform failed"
 
 
-def transformer_for(destination: Destination) -> Transformer | None:
+def transformer_for(destination: Destination, *, workdir: Path | None = None) -> Transformer | None:
     """The transformer for `destination`'s `transform` section (None without one).
 
     Loads the de-identification secret, so a missing one stops the gateway at start.
+    `workdir` holds the transformed copies: the gateway passes the spool's staging folder, whose
+    housekeeping removes a copy a crash left behind (it may hold patient data) after a day.
     """
     settings = destination.transform
     if settings is None:
@@ -54,7 +57,7 @@ def transformer_for(destination: Destination) -> Transformer | None:
     # are not loaded into a gateway that only moves bytes.
     from gateway.transform.pipeline import Transformer
 
-    return Transformer(settings, key=f"destinations.{destination.name}.transform")
+    return Transformer(settings, key=f"destinations.{destination.name}.transform", workdir=workdir)
 
 
 def with_transform(sender: Sender, transformer: Transformer | None) -> Sender:
