@@ -34,7 +34,7 @@ class HealthPolicy:
     """When a destination's breaker opens and how often it is probed while open."""
 
     failure_threshold: int = 5  # consecutive whole-batch transient failures -> down
-    probe_interval: float = 30.0  # seconds between probes (one instance) while down
+    probe_interval: float = 30.0  # seconds between probes (instance or idle probe) while down
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

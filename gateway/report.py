@@ -189,10 +189,18 @@ def format_destinations(rows: list[dict[str, Any]]) -> str:
                 f"{row['failover']['after']:g}s down ({row['failed_over']} failed over so far)"
             )
         if row["state"] == "down" and not row["pending"]:
-            lines.append(f"{row['destination']}: nothing queued; probed when work for it arrives")
+            probe = _IDLE_PROBES.get(str(row["type"]), "an idle probe")
+            lines.append(
+                f"{row['destination']}: nothing queued; idle probe ({probe}, no instance sent) "
+                f"every {row['probe_interval']:g}s, next {_when(row['next_probe_at'])}"
+            )
         elif row["state"] == "down" and row["next_probe_at"] is not None:
             lines.append(f"{row['destination']}: next probe {_when(row['next_probe_at'])}")
     return "\n".join(lines)
+
+
+_IDLE_PROBES = {"dimse": "C-ECHO", "dicomweb": "QIDO-RS", "s3": "HeadBucket"}
+"""What a down destination with nothing queued is probed with (gateway/forward/health.py)."""
 
 
 def _state(row: dict[str, Any]) -> str:

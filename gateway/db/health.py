@@ -5,7 +5,8 @@ two replicas always agree whether a destination is `up`, `degraded` or `down`:
 
 * `record_signal` runs inside the transaction that settles a batch (`settle(then=...)`) and
   moves the state; a transition to or from `down` writes one audit event in that transaction.
-* `claim_probe` lets exactly one worker (of any replica) send the next probe while `down`.
+* `claim_probe` lets exactly one worker (of any replica) send the next probe while `down`:
+  one queued instance, or, with nothing queued, an idle probe (C-ECHO, QIDO-RS, HeadBucket).
 * `fail_over` moves pending deliveries of a destination down for too long to its failover
   target: each original settles as `failed_over` and one new delivery for the target is
   created in the same transaction (or none, when the target already has the instance).
@@ -39,12 +40,14 @@ class Signal:
 
     `failure`: every instance failed transiently (the peer unreachable, refusing associations
     or answering 5xx/0xA7xx); `partial`: the peer answered but not every instance was stored;
-    `success`: every instance was stored.
+    `success`: every instance was stored. `probe` names the idle probe ("C-ECHO"...) when the
+    signal comes from one rather than from a batch; its success counts as a last success.
     """
 
     kind: Literal["success", "partial", "failure"]
     delivered: int = 0
     error: str | None = None
+    probe: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +161,7 @@ def record_signal(
     else:
         next_probe = row["next_probe_at"]
     error = signal.error or row["last_error"]
+    answered = signal.probe is not None and signal.kind == "success"
     cur.execute(
         "UPDATE destination_health SET state = ?, since = ?, consecutive_failures = ?, "
         "last_error = ?, last_error_at = ?, last_success_at = ?, next_probe_at = ?, "
@@ -168,7 +172,7 @@ def record_signal(
             failures,
             error,
             moment if signal.error else row["last_error_at"],
-            moment if signal.delivered else row["last_success_at"],
+            moment if signal.delivered or answered else row["last_success_at"],
             next_probe,
             moment,
             destination,
@@ -201,6 +205,8 @@ def record_signal(
                 "down_since": row["since"],
                 "down_seconds": round(moment - float(row["since"]), 3),
                 "last_error": row["last_error"],
+                # how it was noticed: None for a delivered instance, else the idle probe
+                "probe": signal.probe,
             },
             at=moment,
         )
@@ -216,13 +222,20 @@ def record_signal(
 
 
 def claim_probe(
-    db: Database, destination: str, *, probe_interval: float, now: float | None = None
+    db: Database,
+    destination: str,
+    *,
+    probe_interval: float,
+    now: float | None = None,
+    idle: bool = False,
 ) -> bool:
     """Claim the next probe of a `down` destination; True for exactly one caller per interval.
 
     The claim makes the longest-waiting pending delivery due now (its backoff may reach far
     beyond the probe), so the caller's next lease of one instance finds it. Without pending
-    work there is nothing to probe with and nothing is claimed.
+    work there is nothing to probe with and nothing is claimed. With `idle` it is the other
+    way round: the interval is claimed for an idle probe (one without an instance) only while
+    nothing is queued; instances and idle probes share the one slot per interval.
     """
     moment = time.time() if now is None else now
     with db.transaction() as cur:
@@ -240,12 +253,14 @@ def claim_probe(
             "ORDER BY priority DESC, next_attempt_at, id LIMIT 1" + db.for_update(),
             (destination, moment),
         ).fetchone()
-        if pick is None:
+        if (pick is None) != idle:
+            # idle but work arrived meanwhile: leave the slot to a probe with that instance
             return False
-        cur.execute(
-            "UPDATE deliveries SET next_attempt_at = ? WHERE id = ? AND next_attempt_at > ?",
-            (moment, pick["id"], moment),
-        )
+        if pick is not None:
+            cur.execute(
+                "UPDATE deliveries SET next_attempt_at = ? WHERE id = ? AND next_attempt_at > ?",
+                (moment, pick["id"], moment),
+            )
         cur.execute(
             "UPDATE destination_health SET next_probe_at = ?, updated_at = ? WHERE destination = ?",
             (moment + probe_interval, moment, destination),

@@ -61,11 +61,12 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import split_dataset
 
 from gateway.exceptions import ConfigError, GatewayError
-from gateway.forward.base import Outcome, OutgoingInstance, SendResult
+from gateway.forward.base import Outcome, OutgoingInstance, ProbeResult, SendResult
 from gateway.forward.dimse_link import (
     Response,
     ResponseTap,
     accepted_context_id,
+    association_failure,
     drain,
     end_association,
     even_length,
@@ -207,6 +208,12 @@ class CStoreSender:
     def close(self) -> None:
         """Nothing to release: every batch opens and closes its own association."""
 
+    def probe(self) -> ProbeResult:
+        """The idle probe: one association and a C-ECHO (gateway/forward/verification.py)."""
+        from gateway.forward.verification import echo
+
+        return echo(self)
+
     # -- one association ---------------------------------------------------------------------
 
     def _send_over_one_association(
@@ -261,20 +268,7 @@ class CStoreSender:
         rejected = rejected_contexts(assoc)
         if rejected and not assoc.accepted_contexts:
             return [self._context_rejected(inst, rejected) for inst in instances]
-        if not tap.connected:
-            status = "connect failed"
-            detail = f"cannot open a TCP connection to {peer} (refused, unreachable or timed out)"
-        elif assoc.is_rejected:
-            rsp = assoc.acceptor.primitive
-            status = "association rejected"
-            detail = (
-                f"{peer} rejected the association: {getattr(rsp, 'result_str', '?')}, "
-                f"source {getattr(rsp, 'source_str', '?')}, "
-                f"reason {getattr(rsp, 'reason_str', '?')}"
-            )
-        else:
-            status = "association aborted"
-            detail = f"{peer} aborted the association or did not answer within the ACSE timeout"
+        status, detail = association_failure(assoc, tap, peer)
         return [SendResult(i.delivery_id, Outcome.TRANSIENT, status, detail) for i in instances]
 
     def _context_rejected(

@@ -134,6 +134,31 @@ def rejected_contexts(assoc: Association) -> dict[tuple[str, str], tuple[int | N
     return rejected
 
 
+def association_failure(assoc: Association, tap: ResponseTap, peer: str) -> tuple[str, str]:
+    """(status, detail) of an association that was not established, contexts aside.
+
+    Shared by the C-STORE sender and the C-ECHO idle probe, so a rejection reads the same in
+    a delivery's trace and in the destination's last error.
+    """
+    if not tap.connected:
+        return (
+            "connect failed",
+            f"cannot open a TCP connection to {peer} (refused, unreachable or timed out)",
+        )
+    if assoc.is_rejected:
+        rsp = assoc.acceptor.primitive
+        return (
+            "association rejected",
+            f"{peer} rejected the association: {getattr(rsp, 'result_str', '?')}, "
+            f"source {getattr(rsp, 'source_str', '?')}, "
+            f"reason {getattr(rsp, 'reason_str', '?')}",
+        )
+    return (
+        "association aborted",
+        f"{peer} aborted the association or did not answer within the ACSE timeout",
+    )
+
+
 def set_tcp_nodelay(assoc: Association) -> None:
     # Without it, Nagle's algorithm holds each small request PDU until the peer's delayed ACK:
     # ~40 ms per C-STORE instead of well under 1 ms.

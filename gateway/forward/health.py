@@ -11,6 +11,13 @@ States (persisted in `destination_health`, gateway/db/health.py, so every replic
   probe the peer answers closes the breaker, and the backlog is sent at once. After
   `failover.after` seconds down, pending deliveries move to the failover destination.
 
+With nothing queued (typically right after failover emptied the queue) there is no instance
+to probe with, so the same slot goes to the sender's *idle probe* (gateway/forward/base.py):
+C-ECHO, a QIDO-RS request or HeadBucket, no patient data sent. Its `ProbeResult` is recorded
+like a batch's signal (`up` -> success, `degraded` -> partial, `down` -> failure), so the
+destination comes back by itself when the peer does. A queued instance stays the probe of
+choice: storing one proves more than an echo.
+
 Failures of our own making (spool unreadable, a sender bug) say nothing about the
 destination and leave its state alone. Transitions are audited and logged once each.
 """
@@ -32,7 +39,7 @@ from gateway.db.health import (
     health_row,
     record_signal,
 )
-from gateway.forward.base import Outcome, SendResult
+from gateway.forward.base import Outcome, ProbeResult, SendResult
 from gateway.health_config import FailoverPolicy, HealthPolicy
 
 log = logging.getLogger(__name__)
@@ -60,6 +67,17 @@ def signal_of(results: Iterable[SendResult | None]) -> Signal | None:
     return Signal("partial", delivered, error)
 
 
+def probe_signal(result: ProbeResult) -> Signal:
+    """An idle probe's result as the signal a batch would give (module docstring)."""
+    error = f"{result.status} - {result.detail}" if result.detail else result.status
+    error = f"{error} (idle probe, {result.probe})"
+    if result.state == "up":
+        return Signal("success", probe=result.probe)
+    if result.state == "degraded":
+        return Signal("partial", error=error, probe=result.probe)
+    return Signal("failure", error=error, probe=result.probe)
+
+
 class Breaker:
     """The breaker of one destination; shared by its workers, holds no state of its own."""
 
@@ -78,10 +96,18 @@ class Breaker:
         self.failover = failover
         self._on_failover = on_failover
 
-    def admit(self, owner: str, batch: int) -> int:
+    def admit(
+        self,
+        owner: str,
+        batch: int,
+        *,
+        idle_probe: Callable[[], ProbeResult | None] | None = None,
+    ) -> int:
         """How many instances the worker may lease now: `batch`, 1 (a probe) or 0 (wait).
 
-        While the breaker is open this is also where a failover that came due is carried out.
+        While the breaker is open this is also where a failover that came due is carried out,
+        and where `idle_probe` (the worker's sender's, see the module docstring) runs when a
+        probe is due and nothing is queued to probe with.
         """
         row = health_row(self._db, self.destination)
         if row is None or row["state"] != "down":
@@ -89,6 +115,8 @@ class Breaker:
         now = time.time()
         probe_due = row["next_probe_at"] is None or float(row["next_probe_at"]) <= now
         if not has_pending(self._db, self.destination):
+            if probe_due and idle_probe is not None:
+                self._probe_idle(owner, idle_probe, now)
             return 0
         if probe_due and claim_probe(
             self._db, self.destination, probe_interval=self.policy.probe_interval, now=now
@@ -99,6 +127,45 @@ class Breaker:
         if failover is not None and now - float(row["since"]) >= failover.after:
             self._fail_over(owner, failover)
         return 0
+
+    def _probe_idle(self, owner: str, probe: Callable[[], ProbeResult | None], now: float) -> None:
+        """Claim the interval's probe slot (one worker of all replicas wins) and probe."""
+        if not claim_probe(
+            self._db,
+            self.destination,
+            probe_interval=self.policy.probe_interval,
+            now=now,
+            idle=True,
+        ):
+            return
+        try:
+            result = probe()
+        except Exception:  # a sender bug says nothing about the destination
+            log.exception("worker %s: the idle probe of %s raised", owner, self.destination)
+            return
+        if result is None:
+            return  # this sender has no idle probe: wait for work to probe with
+        log.debug(
+            "worker %s: idle probe of %s: %s %s %s",
+            owner,
+            self.destination,
+            result.probe,
+            result.status,
+            result.detail,
+        )
+        signal = probe_signal(result)
+        with self._db.transaction() as cur:
+            transition = record_signal(
+                self._db,
+                cur,
+                self.destination,
+                signal,
+                failure_threshold=self.policy.failure_threshold,
+                probe_interval=self.policy.probe_interval,
+                actor=owner,  # recorded at the time of the answer, not of the claim
+            )
+        if transition is not None:
+            self._log(transition, via=f"idle probe: {result.probe} answered {result.status}")
 
     def _fail_over(self, owner: str, failover: FailoverPolicy) -> None:
         moved = already = 0
@@ -145,7 +212,7 @@ class Breaker:
 
         return record
 
-    def _log(self, change: Transition) -> None:
+    def _log(self, change: Transition, via: str = "probed with a queued instance") -> None:
         name = change.destination
         if change.new == "down":
             plan = (
@@ -164,10 +231,12 @@ class Breaker:
             )
         elif change.old == "down":
             log.warning(
-                "destination %s is %s again after %.0fs down",
+                "destination %s is %s again after %.0fs down (%s)%s",
                 name,
                 change.new,
                 time.time() - change.since,
+                via,
+                f": {change.error}" if change.new == "degraded" else "",
             )
         elif change.new == "degraded":
             log.warning("destination %s is degraded: %s", name, change.error)

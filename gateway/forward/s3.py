@@ -56,7 +56,7 @@ from botocore.exceptions import (
 
 from gateway.dicom.uids import is_valid_uid
 from gateway.exceptions import ConfigError, GatewayError
-from gateway.forward.base import Outcome, OutgoingInstance, SendResult
+from gateway.forward.base import Outcome, OutgoingInstance, ProbeResult, SendResult
 from gateway.forward.s3_failures import FailureContext, Unreachable, failure_result
 from gateway.s3client import (
     DENIED,
@@ -139,6 +139,18 @@ class S3Sender:
                 outcome = SendResult(inst.delivery_id, Outcome.TRANSIENT, down.status, down.detail)
             results.append(outcome)
         return results
+
+    def probe(self) -> ProbeResult:
+        """The idle probe: HeadBucket on the bucket (gateway/forward/s3_probe.py)."""
+        from gateway.forward.s3_probe import head_bucket
+
+        client = self._get_client()
+        return head_bucket(
+            client,
+            self._location.bucket,
+            endpoint=self._endpoint(),
+            credentials_hint=self._credentials_hint,
+        )
 
     def close(self) -> None:
         """Drop the client (its connection pool); a new one is made on the next send."""

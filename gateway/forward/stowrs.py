@@ -76,7 +76,7 @@ from dataclasses import dataclass
 import httpx
 
 from gateway.exceptions import ConfigError, GatewayError
-from gateway.forward.base import Outcome, OutgoingInstance, SendResult
+from gateway.forward.base import Outcome, OutgoingInstance, ProbeResult, SendResult
 from gateway.forward.multipart import DicomMultipartBody, PartSourceError, part_overhead
 from gateway.forward.stow_response import (
     failure_outcome,
@@ -164,6 +164,19 @@ class StowRsSender:
             for result in self._store_instances(request_instances):
                 settled[result.delivery_id] = result
         return [settled[inst.delivery_id] for inst in batch]
+
+    def probe(self) -> ProbeResult:
+        """The idle probe: one QIDO-RS request (gateway/forward/qido_probe.py)."""
+        from gateway.forward.qido_probe import search_one_study
+
+        return search_one_study(
+            self._get_client(),
+            self.url,
+            timeout=self.timeout,
+            auth=self._auth,
+            on_unauthorized=self._on_unauthorized,
+            transient=lambda code: self._http_outcome(code) is Outcome.TRANSIENT,
+        )
 
     def close(self) -> None:
         """Close the connection pool if this sender created it; it is re-created on demand."""

@@ -24,7 +24,14 @@ from collections.abc import Callable, Sequence
 
 from opentelemetry.trace import Link, SpanKind
 
-from gateway.forward.base import Outcome, OutgoingInstance, Sender, SendResult
+from gateway.forward.base import (
+    Outcome,
+    OutgoingInstance,
+    ProbeResult,
+    Sender,
+    SendResult,
+    idle_probe,
+)
 from gateway.telemetry import (
     BYTES,
     DESTINATION,
@@ -48,6 +55,7 @@ log = logging.getLogger(__name__)
 _HTTP_STATUS = re.compile(r"HTTP (\d{3})")
 _DICOM_STATUS = re.compile(r"0x[0-9A-Fa-f]{4}")
 _WIRE_NAMES = {"dicomweb": "STOW-RS", "dimse": "C-STORE", "s3": "S3 PUT"}
+_PROBE_NAMES = {"dicomweb": "QIDO-RS", "dimse": "C-ECHO", "s3": "S3 HeadBucket"}
 
 
 class TracedSender:
@@ -66,6 +74,7 @@ class TracedSender:
         self._inner = inner
         self._destination = destination
         self._wire = _WIRE_NAMES.get(kind, kind)
+        self._probe_name = _PROBE_NAMES.get(kind, kind)
         self._telemetry = telemetry
         self._clock = clock
 
@@ -78,6 +87,22 @@ class TracedSender:
 
     def close(self) -> None:
         self._inner.close()
+
+    def probe(self) -> ProbeResult | None:
+        """The inner sender's idle probe, as a CLIENT span of its own (no instance, no trace)."""
+        if getattr(self._inner, "probe", None) is None:
+            return None
+        with self._telemetry.span(
+            f"{self._probe_name} idle probe",
+            kind=SpanKind.CLIENT,
+            attributes={DESTINATION: self._destination},
+        ) as span:
+            result = idle_probe(self._inner)
+            if result is not None:
+                set_attributes(span, {"gateway.probe": result.probe, OUTCOME: result.state})
+                if result.state != "up":
+                    mark_error(span, f"{result.status}: {result.detail}"[:300])
+        return result
 
     def _attempt(self, group: Sequence[OutgoingInstance]) -> list[SendResult]:
         first = group[0]

@@ -35,7 +35,14 @@ from gateway.db.deliveries import (
 )
 from gateway.exceptions import GatewayError
 from gateway.forward.backoff import give_up_reason, retry_delay
-from gateway.forward.base import Outcome, OutgoingInstance, Sender, SendResult
+from gateway.forward.base import (
+    Outcome,
+    OutgoingInstance,
+    ProbeResult,
+    Sender,
+    SendResult,
+    idle_probe,
+)
 from gateway.forward.health import Breaker
 from gateway.spool import Spool
 
@@ -110,7 +117,9 @@ class DeliveryWorker:
         destination = self._destination
         limit = destination.max_batch_instances
         if self._health is not None:
-            limit = self._health.admit(self.owner, limit)  # 1: a probe; 0: the breaker is open
+            # 1: a probe; 0: the breaker is open (and, with nothing queued, it may have run
+            # this worker's sender's idle probe)
+            limit = self._health.admit(self.owner, limit, idle_probe=self._idle_probe)
             if limit == 0:
                 return False
         leased = lease_batch(
@@ -138,6 +147,9 @@ class DeliveryWorker:
         if self._on_settled is not None:
             self._on_settled(settlements)
         return True
+
+    def _idle_probe(self) -> ProbeResult | None:
+        return idle_probe(self._sender)
 
     def _gather(self) -> None:
         """Before a lease, wait while due work is young and more keeps arriving (see above)."""

@@ -32,7 +32,14 @@ from typing import TYPE_CHECKING
 
 from gateway.config import Destination
 from gateway.exceptions import SpoolError
-from gateway.forward.base import Outcome, OutgoingInstance, Sender, SendResult
+from gateway.forward.base import (
+    Outcome,
+    OutgoingInstance,
+    ProbeResult,
+    Sender,
+    SendResult,
+    idle_probe,
+)
 from gateway.transform.errors import TransformError
 
 if TYPE_CHECKING:
@@ -97,6 +104,10 @@ class TransformingSender:
 
     def close(self) -> None:
         self._inner.close()
+
+    def probe(self) -> ProbeResult | None:
+        """The inner sender's idle probe: it sends no instance, so there is nothing to transform."""
+        return idle_probe(self._inner)
 
     def _failed(self, inst: OutgoingInstance, exc: Exception) -> SendResult:
         if isinstance(exc, TransformError):

@@ -7,6 +7,7 @@ same database, racing in threads.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -24,7 +25,7 @@ from gateway.db.health import (
     health_rows,
     requeue_failed_over,
 )
-from gateway.forward.base import Outcome, SendResult
+from gateway.forward.base import Outcome, ProbeResult, SendResult
 from gateway.forward.health import Breaker
 from gateway.health_config import FailoverPolicy, HealthPolicy
 from gateway.report import format_trace, study_trace
@@ -366,3 +367,130 @@ def test_a_probe_the_peer_refuses_still_closes_the_breaker_as_degraded(
     assert kinds(database) == ["destination.down", "destination.up"]
     (up,) = [e for e in events_for(database, actor="pacs") if e["kind"] == "destination.up"]
     assert up["outcome"] == "degraded"
+
+
+# -- the idle probe (nothing queued to probe with) -----------------------------------------
+
+
+def empty_down(db: Database, tmp_path: Path, *, probe: float) -> Breaker:
+    """`pacs` down with nothing queued: failover moved its work to `cloud`."""
+    seed(db, tmp_path, studies=1, per_study=2)
+    gate = breaker(db, threshold=1, probe=probe, failover=FailoverPolicy(to="cloud", after=0))
+    take_down(db, gate)
+    assert gate.admit("w1", 50) == 0  # the failover
+    assert not [r for r in rows_of(db, "pacs") if r["state"] == "pending"]
+    return gate
+
+
+class Probes:
+    """An idle probe that answers as told and counts its calls."""
+
+    def __init__(self, result: ProbeResult) -> None:
+        self.result = result
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> ProbeResult:
+        with self._lock:
+            self.calls += 1
+        return self.result
+
+
+def test_an_idle_claim_is_one_per_interval_and_only_with_nothing_queued(
+    connect: Callable[[], Database], tmp_path: Path
+) -> None:
+    db = connect()
+    seed(db, tmp_path, studies=1, per_study=2)
+    take_down(db, breaker(db, threshold=1, probe=30))
+    row = health_row(db, "pacs")
+    assert row is not None
+    at = float(row["next_probe_at"])
+    assert not claim_probe(db, "pacs", probe_interval=30, now=at, idle=True), (
+        "work is queued: the probe goes with an instance"
+    )
+    fail_over(db, "pacs", "cloud", after=0, actor="test", now=at)
+    replicas = [connect() for _ in range(6)]
+    barrier = threading.Barrier(len(replicas))
+    won: list[bool] = []
+
+    def race(replica: Database) -> None:
+        barrier.wait()
+        won.append(claim_probe(replica, "pacs", probe_interval=30, now=at, idle=True))
+
+    threads = [threading.Thread(target=race, args=(r,)) for r in replicas]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(won) == [False] * 5 + [True]
+    assert not claim_probe(db, "pacs", probe_interval=30, now=at + 29, idle=True)
+    assert claim_probe(db, "pacs", probe_interval=30, now=at + 30, idle=True)
+
+
+def test_an_idle_probe_the_peer_answers_closes_the_breaker(
+    connect: Callable[[], Database], tmp_path: Path
+) -> None:
+    db, replica = connect(), connect()
+    gate = empty_down(db, tmp_path, probe=0.05)
+    probe = Probes(ProbeResult("up", "C-ECHO", "0x0000", "PACS@127.0.0.1:9 answered C-ECHO"))
+    time.sleep(0.06)
+    assert gate.admit("w1", 50, idle_probe=probe) == 0, "nothing to lease, probed instead"
+    assert probe.calls == 1
+    row = health_row(replica, "pacs")  # every replica sees it
+    assert row is not None and row["state"] == "up" and row["consecutive_failures"] == 0
+    assert row["last_success_at"] is not None and row["next_probe_at"] is None
+    assert kinds(db) == ["destination.down", "destination.up"]
+    (up,) = [e for e in events_for(db, actor="pacs") if e["kind"] == "destination.up"]
+    detail = json.loads(up["detail"])
+    assert up["outcome"] == "up" and detail["probe"] == "C-ECHO"
+    assert detail["observed_by"] == "w1"
+    time.sleep(0.06)
+    assert gate.admit("w1", 50, idle_probe=probe) == 50 and probe.calls == 1, "up: no probing"
+
+
+def test_an_idle_probe_that_fails_keeps_it_down_and_records_why(
+    connect: Callable[[], Database], tmp_path: Path
+) -> None:
+    database = connect()
+    gate = empty_down(database, tmp_path, probe=0.5)
+    before = health_row(database, "pacs")
+    assert before is not None
+    refused = ProbeResult("down", "C-ECHO", "connect failed", "cannot open a TCP connection")
+    probe = Probes(refused)
+    time.sleep(0.55)
+    assert gate.admit("w1", 50, idle_probe=probe) == 0
+    other = breaker(connect(), threshold=1, probe=0.5)
+    assert other.admit("w2", 50, idle_probe=probe) == 0
+    assert gate.admit("w1", 50, idle_probe=probe) == 0
+    assert probe.calls == 1, "the next probe, whoever sends it, waits for the next interval"
+    row = health_row(database, "pacs")
+    assert row is not None and row["state"] == "down"
+    assert row["last_error"] == "connect failed - cannot open a TCP connection (idle probe, C-ECHO)"
+    assert row["consecutive_failures"] == before["consecutive_failures"] + 1
+    assert float(row["next_probe_at"]) > float(before["next_probe_at"])
+    assert row["last_success_at"] == before["last_success_at"]
+    assert kinds(database) == ["destination.down"]
+
+
+def test_an_idle_probe_answered_with_a_refusal_degrades(database: Database, tmp_path: Path) -> None:
+    gate = empty_down(database, tmp_path, probe=0.01)
+    time.sleep(0.02)
+    forbidden = ProbeResult("degraded", "QIDO-RS", "HTTP 403", "the server is up")
+    gate.admit("w1", 50, idle_probe=Probes(forbidden))
+    row = health_row(database, "pacs")
+    assert row is not None and row["state"] == "degraded"
+    assert row["last_error"] == "HTTP 403 - the server is up (idle probe, QIDO-RS)"
+    (up,) = [e for e in events_for(database, actor="pacs") if e["kind"] == "destination.up"]
+    assert up["outcome"] == "degraded"
+
+
+def test_queued_work_is_probed_with_an_instance_not_the_idle_probe(
+    database: Database, tmp_path: Path
+) -> None:
+    seed(database, tmp_path, studies=1, per_study=2)
+    gate = breaker(database, threshold=1, probe=0.01)
+    take_down(database, gate)
+    time.sleep(0.02)
+    probe = Probes(ProbeResult("up", "C-ECHO", "0x0000"))
+    assert gate.admit("w1", 50, idle_probe=probe) == 1
+    assert probe.calls == 0

@@ -2,13 +2,13 @@
 
 Real peers on 127.0.0.1: DCMTK storescu sends to the gateway subprocess; `pacs-a` is a
 storescp that was started once (to own its port) and stopped, so connections are refused;
-`pacs-b` is a running storescp. Later `pacs-a` starts again on the same port.
+`pacs-b` is a running storescp. Later `pacs-a` starts again on the same port; with its queue
+emptied by failover, the idle probe (C-ECHO) notices.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -137,12 +137,14 @@ def test_a_down_pacs_fails_over_exactly_once_and_is_probed_back_up(
                 "pacs-b received each instance exactly once"
             )
             assert health()["pacs-a"]["state"] == "down", "nothing left to probe with"
-            assert "pacs-a: nothing queued; probed when work for it arrives" in cli("destinations")
+            assert "pacs-a: nothing queued; idle probe (C-ECHO, no instance sent)" in cli(
+                "destinations"
+            )
 
-            # pacs-a comes back; new instances probe it and close the breaker
+            # pacs-a comes back; with nothing queued, the idle probe (C-ECHO) notices
             pacs_a.start()
-            next_probe = health()["pacs-a"]["next_probe_at"]
-            wait_until(lambda: time.time() > next_probe, timeout=10, message="probe due")
+            wait_until(lambda: health()["pacs-a"]["state"] == "up", timeout=10, message="echo")
+            assert not pacs_a.received_files(), "an echo, no instance"
             second = make_ct_series(tmp_path / "second", 3, rows=64, cols=64, seed=1)
             second_uids = {header_ids(path)[1] for path in second}
             sent = storescu(second, gateway.dimse_port, called_aet=gateway.ae_title)

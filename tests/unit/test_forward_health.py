@@ -22,7 +22,7 @@ from gateway.db import Database, open_database
 from gateway.db.events import events_for
 from gateway.db.health import health_row
 from gateway.exceptions import ConfigError
-from gateway.forward.base import Outcome, OutgoingInstance, SendResult
+from gateway.forward.base import Outcome, OutgoingInstance, ProbeResult, SendResult
 from gateway.forward.health import Breaker, signal_of
 from gateway.forward.worker import DeliveryWorker
 from gateway.ingest import Ingestor, Source
@@ -208,6 +208,59 @@ def test_the_worker_probes_with_one_instance_while_down_and_resumes_when_up(
     ]
     sent = [(ok, size) for ok, size in peer.batches if ok]
     assert sent[0] == (True, 1) and sent[1] == (True, 5), "the probe, then the backlog at once"
+
+
+@dataclass
+class EchoingPeer(Peer):
+    """A Peer whose sender also has an idle probe; counts the probes."""
+
+    probes: int = 0
+
+    def probe(self) -> ProbeResult:
+        self.probes += 1
+        if self.reachable:
+            return ProbeResult("up", "C-ECHO", "0x0000")
+        return ProbeResult("down", "C-ECHO", "connect failed", "connection refused")
+
+
+def test_a_worker_with_nothing_queued_probes_idle_until_the_peer_is_back(
+    breaker_settings: Settings, db: Database, tmp_path: Path
+) -> None:
+    with db.transaction() as cur:  # down, with nothing queued (failover emptied it)
+        cur.execute(
+            "INSERT INTO destination_health (destination, state, since, consecutive_failures, "
+            "next_probe_at, updated_at) VALUES ('pacs', 'down', ?, 3, NULL, ?)",
+            (time.time(), time.time()),
+        )
+    peer = EchoingPeer()
+    stop = threading.Event()
+    worker = DeliveryWorker(
+        destination=breaker_settings.destinations["pacs"],
+        sender=peer,
+        db=db,
+        spool=FilesystemSpool(tmp_path / "spool"),
+        delivery=breaker_settings.delivery,
+        owner="test/pacs/0",
+        stop=stop,
+        health=Breaker(db=db, destination="pacs", policy=breaker_settings.health.policy("pacs")),
+    )
+    worker.start()
+    try:
+        wait_for(lambda: peer.probes >= 2, "idle probes while the peer is away")
+        row = health_row(db, "pacs")
+        assert row is not None and row["state"] == "down"
+        assert row["last_error"] == "connect failed - connection refused (idle probe, C-ECHO)"
+        peer.reachable = True
+        wait_for(lambda: (health_row(db, "pacs") or {}).get("state") == "up", "echoed back up")
+        probes = peer.probes
+        time.sleep(0.5)  # over two probe intervals
+        assert peer.probes == probes, "up: no more probes"
+    finally:
+        stop.set()
+        worker.join(5)
+    assert peer.batches == [], "no instance was sent"
+    ups = [e for e in events_for(db, actor="pacs") if e["kind"] == "destination.up"]
+    assert len(ups) == 1
 
 
 # -- gauges and alert rules --------------------------------------------------------------------
