@@ -336,7 +336,7 @@ class CommitmentReporter:
                 TRANSACTION_UID: transaction.transaction_uid,
                 CALLING_AE: transaction.called_ae,
                 CALLED_AE: peer.ae_title,
-                PEER_ADDRESS: f"{peer.host}:{peer.port}",
+                PEER_ADDRESS: peer.host,
                 EVENT_TYPE: result.event_type,
                 COMMITTED: len(result.committed),
                 NOT_COMMITTED: len(result.failed),
