@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -21,6 +22,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
+from pynetdicom import evt
+from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
+from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
 from gateway.commitment.reporter import CommitmentReporter
 from gateway.db.events import audit, events_for
@@ -31,7 +35,14 @@ from gateway.telemetry import Telemetry
 from tests.harness import free_port, wait_until
 from tests.harness.commitment import Modality
 from tests.unit.test_dimse_commitment import commitment_config
-from tests.unit.test_dimse_query_retrieve import PR_FIND, SR_FIND, SR_MOVE, Site
+from tests.unit.test_dimse_query_retrieve import (
+    PR_FIND,
+    SR_FIND,
+    SR_GET,
+    SR_MOVE,
+    Received,
+    Site,
+)
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -303,3 +314,81 @@ def test_a_failed_instance_shows_its_failure_reason(traced: Traced) -> None:
     text = format_trace(result)
     assert f"commitment {transaction_uid} from MODALITY" in text
     assert "failed 0x0119 (class/instance conflict; stored with SOP class" in text
+
+
+def test_a_get_is_a_span_and_a_retrieval_back_to_the_caller(traced: Traced) -> None:
+    site = traced.site
+    received = Received()
+    roles = []
+    for uid in (CTImageStorage, MRImageStorage):
+        role = SCP_SCU_RoleSelectionNegotiation()
+        role.sop_class_uid = uid
+        role.scu_role, role.scp_role = False, True
+        roles.append(role)
+    assoc = site.associate(
+        SR_GET, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, received.on_store)]
+    )
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = site.mr_study
+    responses = list(assoc.send_c_get(query, SR_GET))
+    assoc.release()
+    assert int(responses[-1][0].Status) == 0x0000
+    associations(traced, 1)
+    [get] = traced.finished("DIMSE C-GET")
+    assert traced.parent_of(get).name == "DIMSE association"
+    assert get.attributes["dicom.study_instance_uid"] == site.mr_study
+    assert "dicom.move_destination" not in get.attributes
+    assert get.attributes["dicom.suboperations.completed"] == 2
+    assert len([e for e in get.events if e.name == "C-STORE sub-operation"]) == 2
+    [retrieval] = study_trace(site.db, site.mr_study)["retrievals"]
+    assert retrieval["operation"] == "C-GET" and retrieval["destination"] is None
+    assert retrieval["completed"] == 2
+    assert "C-GET back to the caller, 2 completed" in format_trace(
+        study_trace(site.db, site.mr_study)
+    )
+
+
+class Counting:
+    """A tracer that notes the name of every span the SDK is asked to make."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.names: list[str] = []
+
+    def start_span(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        self.names.append(name)
+        return self._inner.start_span(name, *args, **kwargs)
+
+    def start_as_current_span(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        self.names.append(name)
+        return self._inner.start_as_current_span(name, *args, **kwargs)
+
+
+def test_without_a_span_exporter_the_services_make_no_spans(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    telemetry = Telemetry.from_environment(
+        service_version="test", instance_id="unit", environ={"OTEL_TRACES_EXPORTER": "none"}
+    )
+    started = Counting(telemetry.tracer)
+    telemetry.tracer = started  # type: ignore[assignment]
+    site.listener.shutdown()
+    site.listener = start_listener(site.settings, site.ingestor, partial(audit, site.db), telemetry)
+    site.port = site.listener.server_address[1]
+    try:
+        traced = Traced(site, InMemorySpanExporter(), telemetry, Modality("M", free_port()))
+        found = request(traced, SR_FIND, {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": ""})
+        assert int(found[-1][0].Status) == 0x0000
+        moved = request(
+            traced,
+            SR_MOVE,
+            {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": site.ct_study},
+            destination="VIEWER",
+        )
+        assert int(moved[-1][0].Status) == 0x0000
+    finally:
+        site.close()
+        telemetry.shutdown()
+    # Only the association roots (unsampled, made for their ids); the C-FIND and C-MOVE spans
+    # were not even asked of the SDK: they carry the unsampled parent's context.
+    assert started.names == ["DIMSE association", "DIMSE association"]
