@@ -1,14 +1,19 @@
-"""Answers an operator asks about a study: where did it go, which rule, did every copy arrive.
+"""Answers an operator asks about a study: where did it go, which rule, did every copy arrive,
+who retrieved it, was it committed.
 
-Used by `dicom-gateway trace` and `queue` (and later by the admin API); it reads the same
-database the gateway writes, so the answer is the recorded truth, not a reconstruction.
+Used by `dicom-gateway trace` and `queue` and by the admin API; it reads the same database the
+gateway writes, so the answer is the recorded truth, not a reconstruction. Retrievals come from
+the study's `dimse.c_move` / `dimse.c_get` audit events (one per study retrieved), commitment
+states from the transactions that named the study's instances (gateway/commitment/listing.py).
 """
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from gateway.commitment.listing import by_instance as commitments_by_instance
 from gateway.db import Database
 from gateway.db.deliveries import attempts_of, deliveries_of_study, queue_summary
 from gateway.db.engine import Row
@@ -35,6 +40,7 @@ def study_trace(db: Database, study_uid: str) -> dict[str, Any]:
         entry = dict(delivery)
         entry["attempts_log"] = by_delivery.get(int(delivery["id"]), [])
         by_instance.setdefault(int(delivery["instance_id"]), []).append(entry)
+    commitments = commitments_by_instance(db, [str(row["sop_instance_uid"]) for row in instances])
     result = []
     for row in instances:
         decision = Decision.from_json(row["decision"])
@@ -57,19 +63,67 @@ def study_trace(db: Database, study_uid: str) -> dict[str, Any]:
                 "decision": decision.explain(),
                 "held": decision.held,
                 "deliveries": by_instance.get(int(row["id"]), []),
+                "commitments": commitments.get(str(row["sop_instance_uid"]), []),
             }
         )
     summary: dict[str, dict[str, int]] = {}
     for delivery in deliveries:
         counts = summary.setdefault(delivery["destination"], {})
         counts[delivery["state"]] = counts.get(delivery["state"], 0) + 1
+    committed: dict[str, int] = {}
+    for instance in result:
+        if instance["commitments"]:  # the newest transaction's decision counts
+            state = instance["commitments"][-1]["state"]
+            committed[state] = committed.get(state, 0) + 1
     trace_ids = list(dict.fromkeys(i["trace_id"] for i in result if i["trace_id"]))
     return {
         "study_instance_uid": study_uid,
         "trace_ids": trace_ids,
         "instances": result,
         "summary": summary,
+        "commitment_summary": committed,
+        "retrievals": [
+            _retrieval(row) for row in events_for(db, study_uid=study_uid, kinds=RETRIEVALS)
+        ],
         "events": events_for(db, study_uid=study_uid),
+    }
+
+
+RETRIEVALS = ("dimse.c_move", "dimse.c_get")
+
+
+def _retrieval(event: Row) -> dict[str, Any]:
+    """A C-MOVE / C-GET audit event as the study's retrieval: who, where to, what arrived."""
+    try:
+        detail = json.loads(event["detail"] or "{}")
+    except ValueError:
+        detail = {}
+    if not isinstance(detail, dict):
+        detail = {}
+    study = detail.get("study")  # this study's share of a retrieve of several
+    share: dict[str, Any] = study if isinstance(study, dict) else detail
+    where = detail.get("destination")
+    destination = (
+        {"ae_title": where.get("ae_title"), "host": where.get("host"), "port": where.get("port")}
+        if isinstance(where, dict)
+        else {"ae_title": str(where), "host": None, "port": None}
+        if where
+        else None  # C-GET: sent back on the caller's own association
+    )
+    return {
+        "at": event["at"],
+        "operation": "C-MOVE" if event["kind"] == "dimse.c_move" else "C-GET",
+        "by": event["actor"],
+        "peer": detail.get("peer"),
+        "destination": destination,
+        "level": detail.get("level"),
+        "matches": share.get("matches"),
+        "completed": int(share.get("completed") or 0),
+        "failed": int(share.get("failed") or 0),
+        "warning": int(share.get("warning") or 0),
+        "status": detail.get("status"),
+        "outcome": event["outcome"],
+        "reason": detail.get("reason") or next(iter(detail.get("reasons") or []), None),
     }
 
 
@@ -82,8 +136,14 @@ def format_trace(trace: dict[str, Any]) -> str:
     for destination, counts in sorted(trace["summary"].items()):
         parts = ", ".join(f"{count} {state}" for state, count in sorted(counts.items()))
         lines.append(f"  {destination}: {parts}")
+    if trace.get("commitment_summary"):
+        states = sorted(trace["commitment_summary"].items())
+        parts = ", ".join(f"{count} {state}" for state, count in states)
+        lines.append(f"  storage commitment: {parts}")
     if trace.get("trace_ids"):
         lines.append(f"  trace id(s): {', '.join(trace['trace_ids'])}")
+    for retrieval in trace.get("retrievals", []):
+        lines.append(f"  retrieved {_retrieval_line(retrieval)}")
     for instance in trace["instances"]:
         lines.append("")
         lines.append(f"instance {instance['sop_instance_uid']}")
@@ -116,7 +176,47 @@ def format_trace(trace: dict[str, Any]) -> str:
                 )
             if delivery["state"] == "pending" and delivery["attempts"]:
                 lines.append(f"       next attempt {_when(delivery['next_attempt_at'])}")
+        for commitment in instance.get("commitments", []):
+            lines.append(f"  commitment {_commitment_line(commitment)}")
     return "\n".join(lines)
+
+
+def _retrieval_line(retrieval: dict[str, Any]) -> str:
+    destination = retrieval["destination"]
+    where = (
+        "back to the caller"
+        if destination is None
+        else f"to {destination['ae_title']}"
+        + (f" ({destination['host']}:{destination['port']})" if destination["host"] else "")
+    )
+    line = (
+        f"{_when(retrieval['at'])} by {retrieval['by'] or '-'} ({retrieval['peer'] or '-'}): "
+        f"{retrieval['operation']} {where}, {retrieval['completed']} completed, "
+        f"{retrieval['failed']} failed, {retrieval['warning']} warning, "
+        f"status {retrieval['status'] or '-'}"
+    )
+    return line + (f"; {retrieval['reason']}" if retrieval["reason"] else "")
+
+
+def _commitment_line(commitment: dict[str, Any]) -> str:
+    state = commitment["state"]
+    if state == "failed":
+        state += f" {commitment['failure_reason']}" + (
+            f" ({commitment['reason']})" if commitment["reason"] else ""
+        )
+    report = commitment["report"]
+    detail = commitment["last_detail"]
+    told = (
+        f"reported {_when(commitment['reported_at'])}"
+        if report == "reported"
+        else "report failed, the modality was not told"
+        if report == "failed"
+        else "report pending" + (f" ({detail})" if detail else "")
+    )
+    return (
+        f"{commitment['transaction_uid']} from {commitment['requested_by']} "
+        f"(requested {_when(commitment['requested_at'])}): {state}, {told}"
+    )
 
 
 def format_queue(rows: list[Row]) -> str:

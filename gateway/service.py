@@ -145,6 +145,7 @@ class Gateway:
             owner=f"{self.instance_name}/commitment",
             stop=self._stop,
             wake=self._commitment_wake,
+            telemetry=self.telemetry,
         )
 
     def _start_http(self) -> None:

@@ -71,6 +71,21 @@ BYTES = "gateway.bytes"
 DOOR = "gateway.door"
 OUTCOME = "gateway.outcome"
 INSTANCES = "gateway.instances"
+# Query/retrieve and storage commitment services (gateway/dimse/tracing.py)
+QR_MODEL = "dicom.qr.model"  # patient / study information model
+QR_LEVEL = "dicom.qr.level"  # Query/Retrieve Level: PATIENT, STUDY, SERIES, IMAGE
+MATCHES = "dicom.qr.matches"  # C-FIND answers sent; C-MOVE/C-GET instances matched
+MOVE_DESTINATION = "dicom.move_destination"
+COMPLETED = "dicom.suboperations.completed"
+FAILED = "dicom.suboperations.failed"
+WARNING = "dicom.suboperations.warning"
+TRANSACTION_UID = "dicom.transaction_uid"
+COMMITMENT_ITEMS = "dicom.commitment.items"  # Referenced SOP Sequence items
+EVENT_TYPE = "dicom.commitment.event_type"  # 1 all committed, 2 failures exist
+COMMITTED = "dicom.commitment.committed"
+NOT_COMMITTED = "dicom.commitment.failed"
+ATTEMPT = "gateway.attempt"
+REASON = "gateway.reason"
 
 _SHUTDOWN_SECONDS = 5.0
 _TRACECONTEXT = TraceContextTextMapPropagator()

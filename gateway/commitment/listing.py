@@ -2,7 +2,8 @@
 
 Reads the `commitments` table the N-ACTION service and the reporter write, so what it shows is
 what the modality was (or will be) told: per transaction its state, counts, attempts, the last
-outcome and, with `--json`, each failed instance with its Failure Reason.
+outcome and, with `--json`, each failed instance with its Failure Reason. `by_instance` gives
+the same answer per instance, for `trace STUDY_UID`.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.db.commitments import CommitmentResult
-from gateway.db.engine import Row
+from gateway.db.commitments import CommitmentResult, commitments_naming
+from gateway.db.engine import Database, Row
+from gateway.telemetry import trace_id_of
 
 _REASONS = {
     0x0110: "processing failure",
@@ -71,3 +73,51 @@ def _decoded(row: Row) -> dict[str, Any]:
             for f in result.failed
         ]
     return item
+
+
+def by_instance(db: Database, sop_instance_uids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Per instance, every commitment transaction that named it, oldest first.
+
+    `state` is what the gateway decided for this instance: `committed`, `failed` (with the
+    Failure Reason) or `pending` (not decided yet: still waiting for it, or not looked at);
+    `report` is how telling the modality went: `reported` (at `reported_at`), `pending` (to be
+    sent or retried) or `failed` (gave up; the modality was never told).
+    """
+    found: dict[str, list[dict[str, Any]]] = {}
+    results: dict[str, CommitmentResult | None] = {}
+    for row in commitments_naming(db, sop_instance_uids):
+        transaction = str(row["transaction_uid"])
+        if transaction not in results:
+            results[transaction] = (
+                CommitmentResult.from_json(row["result"]) if row["result"] else None
+            )
+        sop = str(row["sop_instance_uid"])
+        entry: dict[str, Any] = {
+            "transaction_uid": transaction,
+            "requested_by": row["calling_ae"],
+            "requested_at": row["requested_at"],
+            **_decision(results[transaction], sop),
+            "report": {"reported": "reported", "failed": "failed"}.get(row["state"], "pending"),
+            "reported_at": row["reported_at"],
+            "attempts": row["attempts"],
+            "last_detail": row["last_detail"],
+            "trace_id": trace_id_of(row["trace_context"]),
+        }
+        found.setdefault(sop, []).append(entry)
+    return found
+
+
+def _decision(result: CommitmentResult | None, sop: str) -> dict[str, Any]:
+    if result is not None:
+        if any(i.sop_instance_uid == sop for i in result.committed):
+            return {"state": "committed", "failure_reason": None, "reason": None}
+        for failure in result.failed:
+            if failure.instance.sop_instance_uid == sop:
+                meaning = _REASONS.get(failure.reason, "")
+                reason = "; ".join(part for part in (meaning, failure.detail) if part)
+                return {
+                    "state": "failed",
+                    "failure_reason": f"0x{failure.reason:04X}",
+                    "reason": reason or None,
+                }
+    return {"state": "pending", "failure_reason": None, "reason": None}

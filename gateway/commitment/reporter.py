@@ -11,6 +11,10 @@ exponential backoff (tenacity's full jitter, as deliveries are) until `retry.max
 
 Because the table is the only state, a restarted gateway resumes every pending transaction; a
 lease held by a reporter that died expires after `lease_seconds`.
+
+Each attempt is a CLIENT span parented on the N-ACTION span's persisted `traceparent`
+(`commitments.trace_context`), as delivery attempts are parented on ingest: the request and
+every attempt to report it are one trace, whichever replica reports and however late.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -41,6 +47,22 @@ from gateway.db.commitments import (
 )
 from gateway.exceptions import GatewayError
 from gateway.forward.backoff import give_up_reason, retry_delay
+from gateway.telemetry import (
+    ATTEMPT,
+    CALLED_AE,
+    CALLING_AE,
+    COMMITTED,
+    EVENT_TYPE,
+    NOT_COMMITTED,
+    OUTCOME,
+    PEER_ADDRESS,
+    REASON,
+    TRANSACTION_UID,
+    Telemetry,
+    context_from_traceparent,
+    mark_error,
+    set_attributes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +193,7 @@ class CommitmentReporter:
         stop: threading.Event,
         wake: threading.Event | None = None,
         send: ReportSender | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._settings = settings
         self._db = db
@@ -178,6 +201,7 @@ class CommitmentReporter:
         self._stop = stop
         self._wake = wake if wake is not None else stop
         self._send: ReportSender = send if send is not None else EventReportSender(settings)
+        self._telemetry = telemetry if telemetry is not None else Telemetry.disabled()
         # Long enough for one attempt (connect, associate, exchange, release); the lease of a
         # reporter that died expires after this and another reporter (or this one,
         # restarted) takes the transaction over.
@@ -260,7 +284,7 @@ class CommitmentReporter:
             self._settle(transaction, result, Settled.FAILED, detail, "-")
             return
         where = f"{peer.ae_title}@{peer.host}:{peer.port}"
-        outcome = self._send(peer, transaction.called_ae, transaction.transaction_uid, result)
+        outcome = self._attempt(peer, transaction, result)
         if outcome.reported:
             log.info(
                 "storage commitment %s reported to %s: event type %d, %d committed, %d failed",
@@ -297,6 +321,34 @@ class CommitmentReporter:
         self._settle(
             transaction, result, Settled.RETRY, outcome.detail, where, retry_at=now + delay
         )
+
+    def _attempt(
+        self, peer: CommitmentPeer, transaction: Transaction, result: CommitmentResult
+    ) -> Delivery:
+        """One report attempt, as a CLIENT span that is a child of the N-ACTION's span."""
+        with self._telemetry.span(
+            "DIMSE N-EVENT-REPORT",
+            kind=SpanKind.CLIENT,
+            # No persisted context (a transaction recorded before migration 6): a new trace.
+            parent=context_from_traceparent(transaction.trace_context)
+            or trace.set_span_in_context(trace.INVALID_SPAN),
+            attributes={
+                TRANSACTION_UID: transaction.transaction_uid,
+                CALLING_AE: transaction.called_ae,
+                CALLED_AE: peer.ae_title,
+                PEER_ADDRESS: peer.host,
+                EVENT_TYPE: result.event_type,
+                COMMITTED: len(result.committed),
+                NOT_COMMITTED: len(result.failed),
+                ATTEMPT: transaction.attempts + 1,
+            },
+        ) as span:
+            outcome = self._send(peer, transaction.called_ae, transaction.transaction_uid, result)
+            reported = "reported" if outcome.reported else "failed"
+            set_attributes(span, {OUTCOME: reported, REASON: outcome.detail})
+            if not outcome.reported:
+                mark_error(span, outcome.detail)
+            return outcome
 
     def _settle(
         self,

@@ -93,6 +93,7 @@ class CommitmentRequest:
     items: tuple[ReferencedInstance, ...]
     requested_at: float
     deadline_at: float  # instances not committed by then are reported failed
+    trace_context: str | None = None  # the N-ACTION span's traceparent
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,6 +109,7 @@ class Transaction:
     deadline_at: float
     attempts: int
     result: CommitmentResult | None
+    trace_context: str | None = None
 
 
 class Recorded(enum.StrEnum):
@@ -136,7 +138,7 @@ def record_request(db: Database, request: CommitmentRequest) -> Recorded:
         rows = cur.execute(
             "INSERT INTO commitments (transaction_uid, calling_ae, called_ae, peer, items, "
             "item_count, requested_at, deadline_at, state, attempts, next_attempt_at, "
-            "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?) "
+            "updated_at, trace_context) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?) "
             "ON CONFLICT (transaction_uid) DO NOTHING RETURNING id",
             (
                 request.transaction_uid,
@@ -149,10 +151,16 @@ def record_request(db: Database, request: CommitmentRequest) -> Recorded:
                 request.deadline_at,
                 moment,
                 moment,
+                request.trace_context,
             ),
         ).fetchall()
         outcome = Recorded.RECORDED
-        if not rows:
+        if rows:
+            cur.executemany(
+                "INSERT INTO commitment_items (commitment_id, sop_instance_uid) VALUES (?, ?)",
+                [(rows[0]["id"], item.sop_instance_uid) for item in request.items],
+            )
+        else:
             existing = cur.execute(
                 "SELECT id, calling_ae, items FROM commitments WHERE transaction_uid = ?"
                 + db.for_update(skip_locked=False),
@@ -173,8 +181,16 @@ def record_request(db: Database, request: CommitmentRequest) -> Recorded:
                 "deadline_at = ?, lease_owner = NULL, lease_expires_at = NULL, "
                 "event_type = NULL, result = NULL, committed_count = NULL, "
                 "failed_count = NULL, decided_at = NULL, reported_at = NULL, "
-                "last_detail = 'requested again', updated_at = ?, peer = ? WHERE id = ?",
-                (moment, request.deadline_at, moment, request.peer, existing["id"]),
+                "last_detail = 'requested again', updated_at = ?, peer = ?, trace_context = ? "
+                "WHERE id = ?",
+                (
+                    moment,
+                    request.deadline_at,
+                    moment,
+                    request.peer,
+                    request.trace_context,
+                    existing["id"],
+                ),
             )
             outcome = Recorded.REPEATED
         record_event(
@@ -212,7 +228,7 @@ def lease_due(
     with db.transaction() as cur:
         rows = cur.execute(
             "SELECT id, transaction_uid, calling_ae, called_ae, items, requested_at, "
-            f"deadline_at, attempts, result FROM commitments WHERE {_due()} "
+            f"deadline_at, attempts, result, trace_context FROM commitments WHERE {_due()} "
             f"ORDER BY next_attempt_at, id LIMIT ?{db.skip_locked}",
             (moment, moment, limit),
         ).fetchall()
@@ -232,6 +248,7 @@ def lease_due(
             deadline_at=float(row["deadline_at"]),
             attempts=int(row["attempts"]),
             result=None if row["result"] is None else CommitmentResult.from_json(row["result"]),
+            trace_context=row["trace_context"],
         )
         for row in rows
     ]
@@ -360,3 +377,24 @@ def recent_commitments(
             "ORDER BY requested_at DESC, id DESC LIMIT ?",
             (*params, limit),
         ).fetchall()
+
+
+def commitments_naming(db: Database, sop_instance_uids: Sequence[str]) -> list[Row]:
+    """Every transaction that names one of `sop_instance_uids`, one row per (instance,
+    transaction), oldest request first (`trace STUDY_UID`)."""
+    rows: list[Row] = []
+    uids = list(dict.fromkeys(sop_instance_uids))
+    with db.transaction(write=False) as cur:
+        for start in range(0, len(uids), 500):  # bound the parameters of one statement
+            chunk = uids[start : start + 500]
+            rows.extend(
+                cur.execute(
+                    "SELECT i.sop_instance_uid, c.transaction_uid, c.calling_ae, c.requested_at, "
+                    "c.deadline_at, c.state, c.attempts, c.result, c.reported_at, "
+                    "c.last_detail, c.trace_context FROM commitment_items i "
+                    "JOIN commitments c ON c.id = i.commitment_id "
+                    f"WHERE i.sop_instance_uid IN ({', '.join('?' for _ in chunk)})",
+                    chunk,
+                ).fetchall()
+            )
+    return sorted(rows, key=lambda row: (float(row["requested_at"]), row["transaction_uid"]))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gateway.db.engine import Cursor, Database, Row
@@ -37,10 +37,20 @@ def audit(db: Database, kind: str, **fields: Any) -> None:
 
 
 def events_for(
-    db: Database, *, study_uid: str | None = None, actor: str | None = None, limit: int = 500
+    db: Database,
+    *,
+    study_uid: str | None = None,
+    actor: str | None = None,
+    kinds: Sequence[str] = (),
+    limit: int = 500,
 ) -> list[Row]:
-    """The newest `limit` events of a study and/or an actor, oldest first."""
-    clauses, params = [], []
+    """The newest `limit` events of a study and/or an actor (of `kinds`, if given), oldest
+    first."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if kinds:
+        clauses.append(f"kind IN ({', '.join('?' for _ in kinds)})")
+        params.extend(kinds)
     if study_uid is not None:
         clauses.append("study_instance_uid = ?")
         params.append(study_uid)

@@ -176,4 +176,18 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE deliveries ADD COLUMN origin_id BIGINT;
     ALTER TABLE deliveries ADD COLUMN note TEXT
     """,
+    # 6: storage commitment in `trace STUDY_UID` and in traces. `commitment_items` lists each
+    # transaction's instances (its `items` JSON, indexed: which transactions name an instance);
+    # `trace_context` is the N-ACTION span's traceparent, the parent of every report attempt's
+    # span. Transactions recorded before this migration keep working but are not listed per
+    # instance (the feature was unreleased until then).
+    """
+    ALTER TABLE commitments ADD COLUMN trace_context TEXT;
+    CREATE TABLE commitment_items (
+        commitment_id BIGINT NOT NULL REFERENCES commitments (id),
+        sop_instance_uid TEXT NOT NULL
+    );
+    CREATE INDEX commitment_items_instance ON commitment_items (sop_instance_uid);
+    CREATE INDEX commitment_items_commitment ON commitment_items (commitment_id)
+    """,
 )

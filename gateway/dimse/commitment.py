@@ -5,7 +5,8 @@ Transaction UID and Referenced SOP Sequence items with valid UIDs), then persist
 audit event (gateway/db/commitments.py) and only then answered Success; a refused request is
 answered with a failure status whose Error Comment names the problem, and writes nothing. The
 result follows later as an N-EVENT-REPORT on a new association (gateway/commitment/reporter.py),
-never on this one.
+never on this one. The request's span context is persisted with it, so the report's span, sent
+by whichever replica and after however many restarts, is its child in the same trace.
 
 Values are read from the raw elements and checked against the UID grammar here, not through
 pydicom's value conversion, so a hostile value is refused with a status instead of a warning or
@@ -29,7 +30,9 @@ from gateway.db.events import audit
 from gateway.dicom.uids import is_valid_uid
 from gateway.dimse.association import Association
 from gateway.dimse.channel import N_ACTION_RQ, MessageChannel, Request
+from gateway.dimse.tracing import describe_commitment
 from gateway.exceptions import InvalidInputError, StoreError
+from gateway.telemetry import traceparent_of
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +81,14 @@ class StorageCommitmentService:
             commitment = self._request(association, request)
             outcome = record_request(self._db, commitment)
         except InvalidInputError as exc:
+            describe_commitment(None, None, exc.dicom_status)
             self._refused(association, exc)
             channel.respond(request, exc.dicom_status, ErrorComment=str(exc), **echoed)
             return
         except StoreError as exc:
+            describe_commitment(
+                commitment.transaction_uid, len(commitment.items), STATUS_PROCESSING_FAILURE
+            )
             log.error("could not record storage commitment %s: %s", commitment.transaction_uid, exc)
             channel.respond(
                 request,
@@ -99,6 +106,7 @@ class StorageCommitmentService:
             len(commitment.items),
             self._settings.timeout,
         )
+        describe_commitment(commitment.transaction_uid, len(commitment.items), STATUS_SUCCESS)
         channel.respond(request, STATUS_SUCCESS, **echoed)
         if self._on_recorded is not None:
             self._on_recorded()
@@ -167,6 +175,8 @@ class StorageCommitmentService:
             items=items,
             requested_at=now,
             deadline_at=now + self._settings.timeout,
+            # The N-ACTION span (gateway/dimse/tracing.py): the report's span is its child.
+            trace_context=traceparent_of(),
         )
 
 

@@ -136,7 +136,8 @@ class DimseHandlers:
         if service is None:
             return False
         try:
-            service.serve(association, channel, request)
+            with self._spans.message(association, request.command_field):
+                service.serve(association, channel, request)
         except (ChannelError, OSError):
             raise
         except Exception as exc:

@@ -34,6 +34,7 @@ from gateway.dimse.identifiers import (
     parse_find,
     read_identifier,
 )
+from gateway.dimse.tracing import describe_find
 from gateway.exceptions import InvalidInputError, SpoolError, StoreError
 from gateway.headers import with_headers
 from gateway.spool import Spool
@@ -143,6 +144,7 @@ class FindService:
         record["status"] = f"0x{status:04X}"
         record["peer"] = association.peer
         record["seconds"] = round(seconds, 3)
+        describe_find(record, status)
         log.info(
             "C-FIND from %s@%s: %s %s level, keys %s, %d match(es), status 0x%04X",
             association.calling_ae,

@@ -18,8 +18,10 @@ After each sub-operation a pending response (0xFF00) carries the remaining, comp
 and warning counts; a C-CANCEL is honoured between sub-operations (0xFE00). The final status is
 0x0000 when every sub-operation completed, 0xB000 when some failed or had warnings, 0xA702
 when none completed; with failures the final identifier holds the Failed SOP Instance UID List
-and the Error Comment the first reason. Every retrieve is audited (`dimse.c_move`,
-`dimse.c_get`) and logged.
+and the Error Comment the first reason. Every retrieve is logged and audited (`dimse.c_move`,
+`dimse.c_get`) once per study it sent (the event names the study and, when the retrieve
+covered several, that study's counts under `study`), and described on its span
+(gateway/dimse/tracing.py).
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ import logging
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, BinaryIO
 
@@ -55,6 +56,8 @@ from gateway.dimse.identifiers import (
     parse_retrieve,
     read_identifier,
 )
+from gateway.dimse.suboperations import STATUS_SUCCESS, STATUS_WARNING, Progress
+from gateway.dimse.tracing import describe_retrieve
 from gateway.exceptions import GatewayError, InvalidInputError, StoreError
 from gateway.forward.base import Outcome, OutgoingInstance, SendResult
 from gateway.forward.cstore import CStoreSender
@@ -62,59 +65,12 @@ from gateway.spool import Spool
 
 log = logging.getLogger(__name__)
 
-STATUS_SUCCESS = 0x0000
 STATUS_PENDING = 0xFF00
 STATUS_CANCEL = 0xFE00
-STATUS_WARNING = 0xB000  # sub-operations complete, one or more failures or warnings
 STATUS_CANNOT_COUNT = 0xA701  # out of resources: unable to calculate the number of matches
-STATUS_NO_SUBOPERATIONS = 0xA702  # out of resources: unable to perform sub-operations
 STATUS_UNKNOWN_DESTINATION = 0xA801
 
 _HEAD = 64 * 1024  # the Part 10 header of a stored object fits in this (it is ours)
-
-
-@dataclass(slots=True)
-class Progress:
-    """Sub-operation counts of one retrieve, and why the failed ones failed."""
-
-    total: int
-    completed: int = 0
-    failed: int = 0
-    warning: int = 0
-    failed_uids: list[str] = field(default_factory=list)
-    reasons: list[str] = field(default_factory=list)
-
-    @property
-    def remaining(self) -> int:
-        return self.total - self.completed - self.failed - self.warning
-
-    def settle(self, sop_uid: str, status: int | None, reason: str = "") -> None:
-        """Count one sub-operation: `status` is the C-STORE response's, None if not sent."""
-        if status == 0x0000:
-            self.completed += 1
-        elif status is not None and (status in (0x0001, 0x0111) or 0xB000 <= status <= 0xBFFF):
-            self.warning += 1
-        else:
-            self.failed += 1
-            self.failed_uids.append(sop_uid)
-            self.reasons.append(reason or f"0x{status or 0:04X}")
-
-    def counts(self, *, remaining: bool) -> dict[str, int]:
-        elements = {
-            "NumberOfCompletedSuboperations": self.completed,
-            "NumberOfFailedSuboperations": self.failed,
-            "NumberOfWarningSuboperations": self.warning,
-        }
-        if remaining:
-            elements["NumberOfRemainingSuboperations"] = self.remaining
-        return elements
-
-    def final_status(self) -> int:
-        if self.failed == 0 and self.warning == 0:
-            return STATUS_SUCCESS
-        if self.completed == 0 and self.warning == 0:
-            return STATUS_NO_SUBOPERATIONS
-        return STATUS_WARNING
 
 
 class RetrieveService:
@@ -210,7 +166,7 @@ class RetrieveService:
         record["matches"] = len(rows)
         studies = sorted({str(row["study_instance_uid"]) for row in rows})
         record["studies"] = studies[:20]
-        progress = Progress(total=len(rows))
+        progress = Progress.of(rows)
         if destination is not None:
             record["destination"] = {
                 "ae_title": destination.ae_title,
@@ -223,6 +179,16 @@ class RetrieveService:
         record.update(
             completed=progress.completed, failed=progress.failed, warning=progress.warning
         )
+        if len(progress.studies) > 1:
+            record["per_study"] = {
+                study: {
+                    "matches": c.matches,
+                    "completed": c.completed,
+                    "failed": c.failed,
+                    "warning": c.warning,
+                }
+                for study, c in progress.studies.items()
+            }
         if progress.reasons:
             record["reasons"] = progress.reasons[:10]
         return self._final(channel, request, progress, cancelled)
@@ -388,18 +354,28 @@ class RetrieveService:
         )
         for reason in record.get("reasons", [])[:3]:
             log.warning("%s to %s: a sub-operation failed: %s", operation, where, reason)
+        describe_retrieve(record, status)
         outcome = {STATUS_SUCCESS: "success", STATUS_CANCEL: "cancelled", STATUS_WARNING: "partial"}
-        studies = record.get("studies") or []
-        try:
-            self._audit(
-                "dimse.c_move" if operation == "C-MOVE" else "dimse.c_get",
-                outcome=outcome.get(status, "failed"),
-                actor=association.calling_ae or None,
-                study_uid=studies[0] if len(studies) == 1 else None,
-                detail=record,
-            )
-        except Exception:
-            log.exception("could not write audit event for %s", operation)
+        # One event per study retrieved, so the study's own events (`trace`, `audit --study`)
+        # name everyone who retrieved it; each says what this study's share was.
+        per_study: dict[str, Any] = record.pop("per_study", None) or {}
+        studies: list[str | None] = list(per_study) or [None]
+        for study in studies:
+            detail = record if study is None else {**record, "study": per_study[study]}
+            try:
+                self._audit(
+                    "dimse.c_move" if operation == "C-MOVE" else "dimse.c_get",
+                    outcome=outcome.get(status, "failed"),
+                    actor=association.calling_ae or None,
+                    study_uid=study or _only(record.get("studies")),
+                    detail=detail,
+                )
+            except Exception:
+                log.exception("could not write audit event for %s", operation)
+
+
+def _only(studies: Any) -> str | None:
+    return str(studies[0]) if isinstance(studies, list) and len(studies) == 1 else None
 
 
 def _status_of(result: SendResult) -> int | None:

@@ -547,3 +547,40 @@ def test_qido_matching_is_the_same_on_every_backend(database: Database, tmp_path
     ]
     rows = instances_matching(database, [Match("StudyInstanceUID", "1.2.9.3\\1.2.9.2")])
     assert [row["study_instance_uid"] for row in rows] == ["1.2.9.2", "1.2.9.3"]
+
+
+def test_commitments_are_found_by_instance_and_keep_their_trace_context(
+    database: Database,
+) -> None:
+    from gateway.db.commitments import (
+        CommitmentRequest,
+        ReferencedInstance,
+        commitments_naming,
+        lease_due,
+        record_request,
+    )
+
+    ct = "1.2.840.10008.5.1.4.1.1.2"
+    first, second, other = generate_uid(), generate_uid(), generate_uid()
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    now = time.time()
+    for transaction, items in (("1.2.3.1", (first, second)), ("1.2.3.2", (second, other))):
+        request = CommitmentRequest(
+            transaction_uid=transaction,
+            calling_ae="MODALITY",
+            called_ae="GATEWAY",
+            peer="127.0.0.1",
+            items=tuple(ReferencedInstance(ct, sop) for sop in items),
+            requested_at=now if transaction.endswith("1") else now + 1,
+            deadline_at=now + 60,
+            trace_context=traceparent,
+        )
+        record_request(database, request)
+    record_request(database, request)  # the same request again adds no items
+    found = commitments_naming(database, [first, second])
+    pairs = [(r["sop_instance_uid"], r["transaction_uid"]) for r in found]
+    assert sorted(pairs[:2]) == sorted([(first, "1.2.3.1"), (second, "1.2.3.1")])
+    assert pairs[2] == (second, "1.2.3.2"), "oldest request first"
+    assert len(found) == 3 and all(r["state"] == "pending" for r in found)
+    leased = lease_due(database, "owner", lease_seconds=30, limit=5, now=now + 2)
+    assert {t.trace_context for t in leased} == {traceparent}

@@ -51,6 +51,7 @@ class ReceivedSpan:
     attributes: dict[str, Any]
     links: tuple[tuple[str, str], ...] = field(default=())  # (trace_id, span_id)
     status_code: int = 0
+    events: tuple[tuple[str, dict[str, Any]], ...] = field(default=())  # (name, attributes)
 
 
 class OtlpReceiver:
@@ -152,6 +153,10 @@ class OtlpReceiver:
                                 (link.trace_id.hex(), link.span_id.hex()) for link in span.links
                             ),
                             status_code=span.status.code,
+                            events=tuple(
+                                (event.name, {a.key: _value(a.value) for a in event.attributes})
+                                for event in span.events
+                            ),
                         )
                     )
         with self._lock:
