@@ -47,7 +47,6 @@ C_STORE_RQ = 0x0001
 C_GET_RQ = 0x0010
 C_FIND_RQ = 0x0020
 C_MOVE_RQ = 0x0021
-N_EVENT_REPORT_RQ = 0x0100
 N_ACTION_RQ = 0x0130
 C_CANCEL_RQ = 0x0FFF
 
@@ -151,8 +150,8 @@ class MessageChannel:
         else:
             self._send_fragments(context_id, False, _reads(data_set, self._fragment))
 
-    def next_message_id(self) -> int:
-        """A Message ID for a request of ours (C-STORE sub-operation, N-EVENT-REPORT)."""
+    def _next_message_id(self) -> int:
+        """A Message ID for a request of ours (a C-GET's C-STORE sub-operation)."""
         return next(self._message_ids) & 0xFFFF
 
     def send_c_store(
@@ -171,7 +170,7 @@ class MessageChannel:
         command = Dataset()
         command.AffectedSOPClassUID = sop_class_uid
         command.CommandField = C_STORE_RQ
-        message_id = self.next_message_id()
+        message_id = self._next_message_id()
         command.MessageID = message_id
         command.Priority = 0
         command.CommandDataSetType = HAS_DATA_SET
