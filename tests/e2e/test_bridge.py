@@ -266,7 +266,7 @@ def test_sigkill_while_receiving_and_forwarding_loses_nothing_acknowledged(
                 break
             killer = threading.Timer(delays.uniform(0.02, 0.3), gateway.kill)
             killer.start()
-            statuses = send_files(remaining, gateway.dimse_port, timeout=10)
+            statuses = send_files(remaining, gateway.dimse_port, timeout=3)
             killer.join()
             acknowledged |= {sop for sop, status in statuses.items() if status == 0}
             interrupted += any(status is None for status in statuses.values())
