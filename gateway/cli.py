@@ -1,5 +1,5 @@
 """The `dicom-gateway` command: serve, check-config, trace, queue, retry, import, spool-check,
-commitments, token, audit.
+commitments, token, audit, audit-archive.
 
 Every command reads the same YAML config (`--config`, or $DICOM_GATEWAY_CONFIG, or
 ./gateway.yaml). Errors print one line that names the problem and the fix, and exit non-zero.
@@ -126,6 +126,23 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--limit", type=int, default=200, help="newest N events (default 200)")
     audit.add_argument("--json", action="store_true", help="machine-readable output")
     audit.set_defaults(handler=_audit)
+    archive = command(
+        "audit-archive",
+        "move audit events older than the retention period to the archive folder, then delete "
+        "them from the database",
+    )
+    archive.add_argument(
+        "--older-than",
+        type=float,
+        metavar="DAYS",
+        help="events older than DAYS days (default: audit.retention_days)",
+    )
+    archive.add_argument(
+        "--dry-run", action="store_true", help="count what would move; write and delete nothing"
+    )
+    archive.add_argument("--batch", type=int, help="events per transaction (audit.batch_size)")
+    archive.add_argument("--json", action="store_true", help="machine-readable summary")
+    archive.set_defaults(handler=_audit_archive)
     commitments = command("commitments", "recent storage commitment transactions and their state")
     commitments.add_argument("--ae", help="only requests from this calling AE title")
     commitments.add_argument("--limit", type=int, default=50, help="newest N (default 50)")
@@ -204,6 +221,16 @@ def _check_config(args: argparse.Namespace) -> int:
         print(f"  move destination {title}: {target.host}:{target.port}")
     for name, failover in sorted(settings.health.failover.items()):
         print(f"  failover {name}: -> {failover.to} after {failover.after:g}s down")
+    audit = settings.audit
+    if audit.retention_days is None:
+        print("  audit trail: kept forever (audit.retention_days not set)")
+    else:
+        where = (
+            f"archived to {audit.archive_dir} (a file per {audit.archive_period}), then deleted"
+            if audit.archive_dir is not None
+            else "DELETED WITHOUT A COPY (audit.archive: false)"
+        )
+        print(f"  audit trail: events older than {audit.retention_days:g} days are {where}")
     for rule in settings.routes:
         flags = " (final)" if rule.final else ""
         print(f"  rule {rule.name}: -> {', '.join(rule.forward)}{flags}")
@@ -245,6 +272,77 @@ def _audit(args: argparse.Namespace) -> int:
     rows = recent_events(_open_db(args), study_uid=args.study, actor=args.actor, limit=args.limit)
     print(events_json(rows) if args.json else format_events(rows))
     return 0
+
+
+def _audit_archive(args: argparse.Namespace) -> int:
+    import getpass
+    import time
+    from dataclasses import asdict
+
+    from gateway.audit_retention import ArchiveRun, archive_expired, archive_of, cutoff_for
+    from gateway.audit_settings import MAX_BATCH
+    from gateway.db import open_database
+    from gateway.maintenance_report import format_audit_archive
+    from gateway.progress import ProgressLine, rate_and_eta
+
+    settings = _settings(args)
+    days = settings.audit.retention_days if args.older_than is None else args.older_than
+    if days is None:
+        print(
+            "error: give --older-than DAYS or set audit.retention_days in the config",
+            file=sys.stderr,
+        )
+        return 2
+    if days < 1:
+        print("error: --older-than must be at least 1 (day)", file=sys.stderr)
+        return 2
+    batch = settings.audit.batch_size if args.batch is None else args.batch
+    if not 1 <= batch <= MAX_BATCH:
+        print(f"error: --batch must be between 1 and {MAX_BATCH}", file=sys.stderr)
+        return 2
+    archive = archive_of(settings.audit)
+    if archive is None and settings.audit.archive:
+        print(
+            "error: audit.archive_dir is not set: set it to the folder for the JSON Lines "
+            "archive, or set audit.archive: false to delete old events without a copy",
+            file=sys.stderr,
+        )
+        return 2
+    progress = ProgressLine()
+    started = time.monotonic()
+
+    def show(current: ArchiveRun) -> None:
+        rate, eta = rate_and_eta(current.moved, current.expired, time.monotonic() - started)
+        share = 100 * current.moved / current.expired if current.expired else 100.0
+        left = f", {eta:.0f} s left" if eta is not None and current.left else ""
+        progress.update(
+            f"audit-archive: {current.moved}/{current.expired} events ({share:.0f} %), "
+            f"{rate:.0f} events/s{left}"
+        )
+
+    db = open_database(settings.storage.database)
+    try:
+        run = archive_expired(
+            db,
+            archive,
+            cutoff=cutoff_for(days),
+            batch_size=batch,
+            dry_run=args.dry_run,
+            actor=f"cli:{getpass.getuser()}",
+            on_batch=show,
+        )
+    finally:
+        db.close()
+    if not args.dry_run:
+        progress.done(
+            f"audit-archive: {run.moved}/{run.expired} events in {time.monotonic() - started:.1f} s"
+        )
+    if args.json:
+        folder = None if archive is None else str(archive.folder)
+        print(json.dumps({**asdict(run), "folder": folder}, indent=2))
+    else:
+        print(format_audit_archive(run, archive))
+    return 0 if run.complete or run.dry_run else 1
 
 
 def _commitments(args: argparse.Namespace) -> int:

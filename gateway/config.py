@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
+from gateway.audit_settings import AuditSettings, parse_audit
 from gateway.auth.settings import parse_inbound_auth
 from gateway.commitment.settings import CommitmentSettings, parse_storage_commitment
 from gateway.config_values import TlsSettings
@@ -157,6 +158,7 @@ class Settings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     health: HealthSettings = field(default_factory=HealthSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
 
 
 def load_settings(path: str | os.PathLike[str]) -> Settings:
@@ -197,6 +199,7 @@ def parse_settings(raw: object, *, base_dir: Path, source: Path | None = None) -
             "logging",
             "telemetry",
             "health",
+            "audit",
         },
     )
     node = _node(top.get("node", {}))
@@ -237,6 +240,7 @@ def parse_settings(raw: object, *, base_dir: Path, source: Path | None = None) -
         logging=parse_logging(top.get("logging", {})),
         telemetry=parse_telemetry(top.get("telemetry", {})),
         health=parse_health(top.get("health", {}), top.get("destinations", {}), destinations),
+        audit=parse_audit(top.get("audit", {}), base_dir),
     )
 
 

@@ -5,6 +5,7 @@
     ├── InvalidInputError      wire data we refuse (bad UID, unreadable header, ...)
     ├── SpoolError             the byte store failed (disk full, S3 down)
     ├── StoreError             the database failed
+    ├── ArchiveError           the audit archive folder cannot be locked, written or read
     ├── RuleError              a routing rule cannot be evaluated
     ├── AuthError              missing or bad credentials
     └── ForwardError           sending to a destination failed
@@ -42,6 +43,10 @@ class SpoolError(GatewayError):
 
 class StoreError(GatewayError):
     """The database could not record or return state."""
+
+
+class ArchiveError(GatewayError):
+    """The audit archive (gateway/audit_archive.py) could not be locked, written or read."""
 
 
 class RuleError(GatewayError):

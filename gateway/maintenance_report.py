@@ -1,4 +1,4 @@
-"""What the maintenance commands print: `dicom-gateway import` and `dicom-gateway spool-check`.
+"""What the maintenance commands print: `dicom-gateway import`, `spool-check`, `audit-archive`.
 
 Problems come first and each names what to do about it; long lists are cut after a few
 dozen lines (the --json output of spool-check has them all).
@@ -7,7 +7,10 @@ dozen lines (the --json output of spool-check has them all).
 from __future__ import annotations
 
 from dataclasses import asdict
+from datetime import UTC, datetime
 
+from gateway.audit_archive import EventArchive, file_name
+from gateway.audit_retention import ArchiveRun
 from gateway.db.instances import IngestOutcome
 from gateway.importer import ImportReport
 from gateway.spool_check import SpoolCheckReport
@@ -90,3 +93,46 @@ def format_spool_check(report: SpoolCheckReport, *, deleting: bool) -> str:
     if report.healthy:
         lines.append("ok: every recorded instance has its bytes")
     return "\n".join(lines)
+
+
+def format_audit_archive(run: ArchiveRun, archive: EventArchive | None) -> str:
+    """What `dicom-gateway audit-archive` prints after its progress line."""
+    cutoff = _utc(run.cutoff)
+    if run.expired == 0 and not run.recovered:
+        return f"no audit events older than {cutoff}; nothing to do"
+    lines = [run.recovered] if run.recovered else []
+    if run.dry_run:
+        assert run.oldest is not None and run.newest is not None
+        where = (
+            f"archived into {archive.folder} ({file_name(run.oldest, archive.period)} .. "
+            f"{file_name(run.newest, archive.period)}) and then deleted"
+            if archive is not None
+            else "DELETED WITHOUT A COPY (audit.archive: false)"
+        )
+        lines.append(
+            f"dry run: {run.expired} audit event(s) older than {cutoff} (oldest "
+            f"{_utc(run.oldest)}, newest {_utc(run.newest)}) would be {where}; "
+            "nothing was written or deleted"
+        )
+        return "\n".join(lines)
+    if archive is not None:
+        lines.append(
+            f"archived {run.moved} audit event(s) older than {cutoff} in {run.batches} "
+            f"batch(es) into {archive.folder}, then deleted them from the database:"
+        )
+        lines += [f"  {name}: {n} event(s) appended" for name, n in sorted(run.files.items())]
+    else:
+        lines.append(
+            f"deleted {run.moved} audit event(s) older than {cutoff} without a copy "
+            "(audit.archive: false)"
+        )
+    if not run.complete:
+        lines.append(
+            f"stopped with {run.left} older event(s) still in the database; run the same "
+            "command again"
+        )
+    return "\n".join(lines)
+
+
+def _utc(at: float) -> str:
+    return datetime.fromtimestamp(at, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -88,6 +88,12 @@ class GatewayMetrics:
             description="Duration of one delivery attempt (one request or association)",
             explicit_bucket_boundaries_advisory=ATTEMPT_BUCKETS,
         )
+        self._audit_pruned = meter.create_counter(
+            "gateway.audit.events.pruned",
+            unit="{event}",
+            description="Audit events moved out of the database by audit.retention_days "
+            "(archived: true when a copy went to audit.archive_dir first)",
+        )
         self._meter = meter
         self._lock = threading.Lock()
         self._snapshot: tuple[float, list[Any]] | None = None
@@ -128,6 +134,11 @@ class GatewayMetrics:
                 self._dead.add(1, labels)
             else:
                 self._retried.add(1, labels)
+
+    def audit_pruned(self, count: int, *, archived: bool) -> None:
+        """Count audit events housekeeping moved out of the database."""
+        if count:
+            self._audit_pruned.add(count, {"archived": "true" if archived else "false"})
 
     # -- gauges ------------------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 Concurrency model (see docs/architecture.md): the core (ingest, database, spool) is synchronous
 and thread-safe. pynetdicom runs each association in its own thread and calls ingest directly;
-each destination has `workers` delivery threads; a housekeeping thread purges expired bytes.
+each destination has `workers` delivery threads; a housekeeping thread purges expired bytes
+and moves expired audit events to the archive (`audit.retention_days`).
 The HTTP front end runs on one asyncio loop and calls the same core through worker threads.
 """
 
@@ -17,10 +18,11 @@ from functools import partial
 from typing import Any
 
 from gateway import __version__
+from gateway.audit_retention import prune_audit
 from gateway.config import Settings
 from gateway.db import Database, open_database
 from gateway.db.events import audit
-from gateway.exceptions import GatewayError
+from gateway.exceptions import ArchiveError, GatewayError
 from gateway.forward.factory import make_sender
 from gateway.forward.health import Breaker
 from gateway.forward.traced import TracedSender
@@ -246,3 +248,16 @@ class Gateway:
                 )
             except Exception:
                 log.exception("housekeeping failed; will try again")
+            if self.settings.audit.retention_days is not None:
+                self._prune_audit()
+
+    def _prune_audit(self) -> None:
+        """Move expired audit events out (a bounded number of batches; the rest next time)."""
+        try:
+            run = prune_audit(self.db, self.settings.audit)
+        except ArchiveError as exc:
+            log.warning("audit retention skipped this pass: %s", exc)
+        except Exception:
+            log.exception("audit retention failed; will try again")
+        else:
+            self.telemetry.metrics.audit_pruned(run.moved, archived=run.archived)

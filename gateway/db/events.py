@@ -63,3 +63,54 @@ def events_for(
             f"SELECT * FROM events {where} ORDER BY id DESC LIMIT ?", (*params, limit)
         ).fetchall()
     return list(reversed(rows))
+
+
+_ID_CHUNK = 500  # ids per `IN (...)`: far below SQLite's and PostgreSQL's parameter limits
+
+
+def expired_summary(db: Database, *, before: float) -> Row:
+    """How many events are older than `before`, and the oldest and newest of them."""
+    with db.transaction(write=False) as cur:
+        row = cur.execute(
+            "SELECT COUNT(*) AS count, MIN(at) AS oldest, MAX(at) AS newest FROM events "
+            "WHERE at < ?",
+            (before,),
+        ).fetchone()
+    return row or {"count": 0, "oldest": None, "newest": None}
+
+
+def oldest_events(cur: Cursor, db: Database, *, before: float, limit: int) -> list[Row]:
+    """Up to `limit` events older than `before`, oldest first, locked for the caller to move.
+
+    On PostgreSQL rows another replica is moving are skipped; SQLite's write transaction
+    already excludes every other writer.
+    """
+    return cur.execute(
+        f"SELECT * FROM events WHERE at < ? ORDER BY at, id LIMIT ?{db.for_update()}",
+        (before, limit),
+    ).fetchall()
+
+
+def delete_events(cur: Cursor, ids: Sequence[int]) -> int:
+    """Delete the events with these ids (and nothing else); return how many were deleted."""
+    deleted = 0
+    for start in range(0, len(ids), _ID_CHUNK):
+        chunk = ids[start : start + _ID_CHUNK]
+        deleted += cur.execute(
+            f"DELETE FROM events WHERE id IN ({', '.join('?' for _ in chunk)})", chunk
+        ).rowcount
+    return deleted
+
+
+def count_present(db: Database, ids: Sequence[int]) -> int:
+    """How many of these event ids are still in the database."""
+    present = 0
+    with db.transaction(write=False) as cur:
+        for start in range(0, len(ids), _ID_CHUNK):
+            chunk = ids[start : start + _ID_CHUNK]
+            row = cur.execute(
+                f"SELECT COUNT(*) AS n FROM events WHERE id IN ({', '.join('?' for _ in chunk)})",
+                chunk,
+            ).fetchone()
+            present += int(row["n"]) if row else 0
+    return present

@@ -190,4 +190,9 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX commitment_items_instance ON commitment_items (sop_instance_uid);
     CREATE INDEX commitment_items_commitment ON commitment_items (commitment_id)
     """,
+    # 7: audit retention (gateway/audit_retention.py) picks the oldest events by time; without
+    # this index every housekeeping pass would read the whole audit trail.
+    """
+    CREATE INDEX events_at ON events (at)
+    """,
 )
