@@ -4,6 +4,7 @@
     ├── ConfigError            bad or missing configuration; message names the key and the fix
     ├── InvalidInputError      wire data we refuse (bad UID, unreadable header, ...)
     ├── SpoolError             the byte store failed (disk full, S3 down)
+    │   └── PastEndError       a byte range starts past the object's end (reads see EOF)
     ├── StoreError             the database failed
     ├── ArchiveError           the audit archive folder cannot be locked, written or read
     ├── RuleError              a routing rule cannot be evaluated
@@ -39,6 +40,10 @@ class InvalidInputError(GatewayError):
 
 class SpoolError(GatewayError):
     """The spool (filesystem or S3) could not store or return bytes."""
+
+
+class PastEndError(SpoolError):
+    """A byte range starts at or past the end of the object (shorter than the caller thought)."""
 
 
 class StoreError(GatewayError):

@@ -3,24 +3,23 @@
 Why here and not in a viewer: a browser cannot show 16-bit CT, so PS3.18 §8.3.5 asks the
 server to apply the modality LUT (rescale) and a VOI window, and to size the picture. The
 window comes from the request (`window=center,width,function`), else the object's first
-WindowCenter/WindowWidth, else the frame's own minimum and maximum. Only the one frame is
-decoded (gateway/dicom/pixels.py reads by frame), so rendering a 2 GB multi-frame is cheap.
+WindowCenter/WindowWidth, else the frame's own minimum and maximum. Only the one frame is read
+and decoded (gateway/dicom/pixels.py reads by frame), so rendering a 2 GB multi-frame is
+cheap, from the S3 spool too.
 """
 
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_modality_lut
-from pydicom.pixels.utils import pixel_array
 
-from gateway.dicom import codecs
+from gateway.dicom.pixels import FrameError, StoredFrames
 from gateway.exceptions import GatewayError
 
 if TYPE_CHECKING:  # importing numpy.typing would load numpy, deferred until a frame is decoded
@@ -44,18 +43,18 @@ class Presentation:
     quality: int = 90
 
 
-def render_frame(path: Path, header: Dataset, number: int, presentation: Presentation) -> bytes:
-    """Frame `number` (1-based) of the stored object at `path`, encoded as asked."""
+def render_frame(frames: StoredFrames, number: int, presentation: Presentation) -> bytes:
+    """Frame `number` (1-based) of the opened stored object, encoded as asked."""
+    header = frames.header
     if "Rows" not in header or "BitsAllocated" not in header:
         raise RenderError("the object has no pixel data to render")
-    frames = int(header.get("NumberOfFrames") or 1)
-    if not 1 <= number <= frames:
-        raise RenderError(f"frame {number} does not exist; the object has {frames}")
-    codecs.require()
+    count = int(header.get("NumberOfFrames") or 1)
+    if not 1 <= number <= count:
+        raise RenderError(f"frame {number} does not exist; the object has {count}")
     try:
-        array = pixel_array(str(path), index=number - 1)
-    except Exception as exc:
-        raise RenderError(f"cannot decode frame {number}: {exc}") from exc
+        array = frames.array(number)
+    except FrameError as exc:
+        raise RenderError(str(exc)) from exc
     picture = _to_8bit(array, header, presentation.window)
     image = Image.fromarray(picture)
     if presentation.viewport:

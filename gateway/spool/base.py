@@ -74,7 +74,15 @@ class Spool(Protocol):
     def open_range(self, key: str, start: int, end: int) -> BinaryIO:
         """Open bytes `start` to `end - 1` of the object for streaming (e.g. one frame).
 
-        `end` past the object's end is clipped; `start` past it raises SpoolError.
+        `end` past the object's end is clipped; `start` at or past it raises PastEndError.
+        """
+        ...
+
+    def open_seekable(self, key: str, size: int) -> BinaryIO:
+        """Open the `size`-byte object as a seekable file that fetches only the bytes read.
+
+        For random access (one frame of a multi-frame object): a local file on disk, ranged
+        reads (gateway/spool/ranged.py) where the bytes are remote.
         """
         ...
 

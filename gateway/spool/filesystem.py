@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from gateway.exceptions import SpoolError
+from gateway.exceptions import PastEndError, SpoolError
 from gateway.spool.base import SpoolEntry, StoredObject
 
 _CHUNK = 1024 * 1024
@@ -200,12 +200,15 @@ class FilesystemSpool:
         try:
             size = os.fstat(handle.fileno()).st_size
             if start >= size:
-                raise SpoolError(f"byte {start} is past the end of {key} ({size} bytes)")
+                raise PastEndError(f"byte {start} is past the end of {key} ({size} bytes)")
             handle.seek(start)
         except BaseException:
             handle.close()
             raise
         return io.BufferedReader(_Window(handle, min(end, size) - start), _CHUNK)
+
+    def open_seekable(self, key: str, size: int) -> BinaryIO:
+        return self.open(key)  # a local file seeks for free; the page cache reads ahead
 
     @contextlib.contextmanager
     def local_file(self, key: str) -> Iterator[Path]:

@@ -6,10 +6,12 @@ upload (boto3's transfer manager, parts in parallel, aborted on failure). Receiv
 staged in a local temporary folder first (pynetdicom writes the data set there), uploaded from
 it, then removed; the staging folder therefore needs room for the objects in flight only.
 
-Reads stream: `open` and `open_range` wrap the GET body in a buffered file object; `local_file`
-downloads in chunks to a temporary file. Endpoint, region and credentials come from the standard
-AWS chain (environment, shared config, instance or task role). Every botocore error is turned
-into a SpoolError with a fix in `_translated`, the one place that knows botocore's errors.
+Reads stream: `open` and `open_range` wrap the GET body in a buffered file object;
+`open_seekable` reads by ranged GETs (frames fetch only their bytes, gateway/spool/ranged.py);
+`local_file` downloads in chunks to a temporary file (path-based senders only). Endpoint,
+region and credentials come from the standard AWS chain (environment, shared config, instance
+or task role). Every botocore error is turned into a SpoolError with a fix in `_translated`,
+the one place that knows botocore's errors.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
-from gateway.exceptions import SpoolError
+from gateway.exceptions import PastEndError, SpoolError
 from gateway.s3client import BAD_CREDENTIALS as _BAD_CREDENTIALS
 from gateway.s3client import DENIED as _DENIED
 from gateway.s3client import MISSING_OBJECT as _MISSING_OBJECT
@@ -45,6 +47,7 @@ from gateway.s3client import client_error as _client_error
 from gateway.s3client import last_exception as _last
 from gateway.s3client import make_client
 from gateway.spool.base import SpoolEntry, StoredObject
+from gateway.spool.ranged import open_ranged
 from gateway.spool.s3url import S3Location, parse_s3_url
 
 log = logging.getLogger(__name__)
@@ -141,6 +144,9 @@ class S3Spool:
             )
         return io.BufferedReader(_BodyReader(response["Body"], self, key), _CHUNK)
 
+    def open_seekable(self, key: str, size: int) -> BinaryIO:
+        return open_ranged(self, key, size)
+
     @contextlib.contextmanager
     def local_file(self, key: str) -> Iterator[Path]:
         handle, name = tempfile.mkstemp(prefix="download-", suffix=".dcm", dir=self._staging)
@@ -218,6 +224,8 @@ class S3Spool:
                     f"S3 bucket {self.location.bucket!r} does not exist at {self._endpoint}; "
                     f"create it (aws s3 mb s3://{self.location.bucket}) or fix storage.spool"
                 ) from exc
+            if code == "InvalidRange" and key is not None:
+                raise PastEndError(f"the byte range asked for is past the end of {key}") from exc
             if code in _MISSING_OBJECT:
                 raise _MissingObjectError(f"spool object {key} is missing from {where}") from exc
             if code.startswith("KMS.") or "kms" in message.lower():

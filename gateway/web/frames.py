@@ -1,7 +1,8 @@
 """WADO-RS frames (`.../frames/1,3,5`) and the Pixel Data bulk value, one frame at a time.
 
 Why frame by frame: viewers fetch single frames of large multi-frame objects; reading by
-offset (gateway/dicom/pixels.py) keeps each request to the bytes of the frames asked for.
+offset (gateway/dicom/pixels.py) over a seekable spool file keeps each request to the header
+and the bytes of the frames asked for, on the filesystem and the S3 spool alike.
 
 Negotiation (Accept): `type="application/octet-stream"` with no transfer syntax (or Explicit
 VR Little Endian) gives uncompressed little endian frames, decoding a compressed object when a
@@ -13,26 +14,16 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
 
 import anyio.to_thread
-from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway.db.engine import Row
 from gateway.db.retrieve import instances_to_retrieve
-from gateway.dicom.pixels import (
-    FrameError,
-    PixelLayout,
-    decoded_frame,
-    media_type_of,
-    pixel_layout,
-    read_frame,
-)
+from gateway.dicom.pixels import FrameError, PixelLayout, StoredFrames, media_type_of
 from gateway.dicom.transcode import can_decode
 from gateway.spool import Spool
 from gateway.web.errors import WebProblem, problem_handler
@@ -51,17 +42,16 @@ class FrameChoice:
 
 
 @dataclass(slots=True)
-class LocalInstance:
-    """A stored instance opened for frame access: its local file, header and layout."""
+class OpenedInstance:
+    """A stored instance opened for frame access for one request (its layout cached here)."""
 
     row: Row
-    path: Path
-    header: Dataset
+    spool: Spool
+    frames: StoredFrames
     layout: PixelLayout
-    holder: AbstractContextManager[Path]
 
     def close(self) -> None:
-        self.holder.__exit__(None, None, None)
+        self.frames.close()
 
 
 @problem_handler
@@ -103,10 +93,13 @@ async def pixel_data_bulk(request: Request) -> Response:
     async def body() -> AsyncIterator[bytes]:
         try:
             yield head
-            handle = await anyio.to_thread.run_sync(instance.path.open, "rb")
+            start, length = layout.value_offset, layout.length or 0
+            key = str(instance.row["spool_key"])
+            handle = await anyio.to_thread.run_sync(
+                instance.spool.open_range, key, start, start + length
+            )
             try:
-                await anyio.to_thread.run_sync(handle.seek, layout.value_offset)
-                remaining = layout.length or 0
+                remaining = length
                 while remaining > 0:
                     chunk = await anyio.to_thread.run_sync(handle.read, min(CHUNK, remaining))
                     if not chunk:
@@ -169,8 +162,12 @@ def negotiate_frames(ranges: Sequence[MediaType], stored: str) -> FrameChoice:
     )
 
 
-async def open_instance(request: Request) -> LocalInstance:
-    """The one instance the path names, with a local file and its pixel layout."""
+async def open_instance(request: Request) -> OpenedInstance:
+    """The one instance the path names, opened for random access, with its pixel layout.
+
+    Random access reads only what is asked for: on the S3 spool a frame costs a ranged GET
+    or two, not a download of the object (gateway/spool/ranged.py).
+    """
     context = context_of(request)
     study, series, sop = target_uids(request)
     row = live_rows(
@@ -182,22 +179,23 @@ async def open_instance(request: Request) -> LocalInstance:
     return await anyio.to_thread.run_sync(_open, context.spool, row)
 
 
-def _open(spool: Spool, row: Row) -> LocalInstance:
-    holder = spool.local_file(str(row["spool_key"]))
-    path = holder.__enter__()
+def _open(spool: Spool, row: Row) -> OpenedInstance:
+    fp = spool.open_seekable(str(row["spool_key"]), int(row["size"]))
     try:
-        header, layout = pixel_layout(path)
+        frames = StoredFrames(fp)
+        if frames.layout is None:
+            raise WebProblem(404, "the instance has no pixel data, so it has no frames")
     except FrameError as exc:
-        holder.__exit__(None, None, None)
+        fp.close()
         raise WebProblem(500, str(exc)) from exc
-    if layout is None:
-        holder.__exit__(None, None, None)
-        raise WebProblem(404, "the instance has no pixel data, so it has no frames")
-    return LocalInstance(row, path, header, layout, holder)
+    except BaseException:
+        fp.close()
+        raise
+    return OpenedInstance(row, spool, frames, frames.layout)
 
 
 async def _frames_response(
-    instance: LocalInstance, numbers: list[int], choice: FrameChoice
+    instance: OpenedInstance, numbers: list[int], choice: FrameChoice
 ) -> Response:
     boundary = f"dicom-gateway-{secrets.token_hex(12)}"
     part_type = f"{choice.media_type}; transfer-syntax={choice.transfer_syntax}"
@@ -236,7 +234,7 @@ async def _frames_response(
     )
 
 
-def _frame(instance: LocalInstance, number: int, decode: bool) -> bytes:
+def _frame(instance: OpenedInstance, number: int, decode: bool) -> bytes:
     if decode:
-        return decoded_frame(instance.path, instance.layout, number)
-    return read_frame(instance.path, instance.layout, number)
+        return instance.frames.decoded(number)
+    return instance.frames.read(number)

@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from gateway.db.engine import Row
 from gateway.db.retrieve import instances_to_retrieve
-from gateway.dicom.pixels import pixel_layout
+from gateway.dicom.pixels import FrameError, StoredFrames
 from gateway.dicom.render import RENDERED_TYPES, THUMBNAIL_SIZE, Presentation, RenderError
 from gateway.dicom.render import render_frame as render_picture
 from gateway.spool import Spool
@@ -79,11 +79,11 @@ def _representative(rows: list[Row]) -> Row:
 
 
 def _picture(spool: Spool, row: Row, frame: int, presentation: Presentation) -> bytes:
-    with spool.local_file(str(row["spool_key"])) as path:
-        header, _layout = pixel_layout(path)
+    # Random access: the header and this frame's bytes only, also from the S3 spool.
+    with spool.open_seekable(str(row["spool_key"]), int(row["size"])) as fp:
         try:
-            return render_picture(path, header, frame, presentation)
-        except RenderError as exc:
+            return render_picture(StoredFrames(fp), frame, presentation)
+        except (RenderError, FrameError) as exc:
             status = 404 if "does not exist" in str(exc) or "no pixel data" in str(exc) else 500
             raise WebProblem(status, str(exc)) from exc
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import anyio.to_thread
@@ -33,7 +32,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from gateway.db.engine import Row
 from gateway.db.retrieve import instances_to_retrieve
 from gateway.dicom.transcode import can_transcode, to_explicit_little_endian
-from gateway.exceptions import InvalidInputError
+from gateway.exceptions import InvalidInputError, SpoolError
 from gateway.headers import with_headers
 from gateway.spool import Spool
 from gateway.web import dicomjson
@@ -309,8 +308,9 @@ async def retrieve_bulkdata(request: Request) -> Response:
 
 
 def _bulk_value(spool: Spool, row: Row, steps: list[str | int]) -> bytes:
-    with spool.local_file(str(row["spool_key"])) as path:
-        dataset = _read_header(path)
+    # Random access: the header (and a deferred value) only, not the pixel data after it.
+    with spool.open_seekable(str(row["spool_key"]), int(row["size"])) as fp:
+        dataset = _read_header(fp)
         current: Any = dataset
         value: Any = None
         for step in steps:
@@ -333,9 +333,11 @@ def _bulk_value(spool: Spool, row: Row, steps: list[str | int]) -> bytes:
         return _little_endian(bytes(value), str(element.VR)) if big_endian else bytes(value)
 
 
-def _read_header(path: Path) -> Dataset:
+def _read_header(fp: BinaryIO) -> Dataset:
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True, defer_size=4096)
+        return pydicom.dcmread(fp, stop_before_pixels=True, defer_size=4096)
+    except SpoolError:
+        raise  # the spool, not the object: 503
     except Exception as exc:
         raise WebProblem(500, f"the stored object cannot be read: {exc}") from exc
 

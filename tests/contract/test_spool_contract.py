@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.exceptions import SpoolError
+from gateway.exceptions import PastEndError, SpoolError
 from gateway.spool import Spool, open_spool, spool_key
 from tests.contract.conftest import Backends
 
@@ -58,10 +58,36 @@ def test_open_range_reads_one_window(spool: Spool) -> None:
         assert stream.read() == data[100:1100]
     with spool.open_range(key, len(data) - 10, len(data) + 500) as stream:
         assert stream.read() == data[-10:], "an end past the object is clipped"
-    with pytest.raises(SpoolError):
+    with pytest.raises(PastEndError):
         spool.open_range(key, len(data) + 1, len(data) + 10).read()
     with pytest.raises(ValueError, match="range"):
         spool.open_range(key, 10, 10)
+
+
+def test_open_seekable_reads_anywhere(spool: Spool) -> None:
+    data = os.urandom(300_000)
+    key = new_key()
+    spool.put(stage(spool, data), key)
+    with spool.open_seekable(key, len(data)) as stream:
+        assert stream.read(132) == data[:132]
+        for start, size in ((250_000, 8), (10, 70_000), (299_990, 100), (150_000, 150_000)):
+            assert stream.seek(start) == start
+            assert stream.read(size) == data[start : start + size]
+            assert stream.tell() == start + min(size, len(data) - start)
+        assert stream.seek(-5, os.SEEK_END) == len(data) - 5
+        assert stream.read() == data[-5:]
+        assert stream.read(10) == b"", "past the end reads as EOF"
+
+
+def test_open_seekable_on_a_short_object_reads_to_its_real_end(spool: Spool) -> None:
+    data = os.urandom(1000)
+    key = new_key()
+    spool.put(stage(spool, data), key)
+    with spool.open_seekable(key, 5000) as stream:  # a size larger than the object
+        stream.seek(900)
+        assert stream.read(500) == data[900:]
+        stream.seek(2000)
+        assert stream.read(10) == b""
 
 
 def test_deferred_puts_are_durable_after_one_sync(spool: Spool) -> None:

@@ -9,7 +9,7 @@ to measure the server's own memory.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from pydicom.sr.codedict import codes
 from gateway.auth.factory import builtin_issuer
 from gateway.config import Settings, parse_settings
 from gateway.service import Gateway
+from gateway.spool import Spool
 from tests.harness import LOOPBACK, free_port
 
 SCOPES = ("dicomweb.read", "dicomweb.write")
@@ -51,11 +52,13 @@ def running_gateway(
     routes: Sequence[Mapping[str, Any]] = (),
     extra: Mapping[str, Any] | None = None,
     pin_base_url: bool = True,
+    wrap_spool: Callable[[Spool], Spool] | None = None,
 ) -> Iterator[WebGateway]:
     """Start a gateway with HTTP on 127.0.0.1 in this process; stop it afterwards.
 
     `pin_base_url` sets `http.base_url`: dicomweb-client sends a Host header without the
-    port, so URLs derived from the request would lack it.
+    port, so URLs derived from the request would lack it. `wrap_spool` replaces the spool the
+    HTTP side and the workers read (e.g. the same bucket through a byte-counting client).
     """
     http_port = free_port()
     url = f"http://{LOOPBACK}:{http_port}"
@@ -76,6 +79,8 @@ def running_gateway(
     workdir.mkdir(parents=True, exist_ok=True)
     settings = parse_settings(raw, base_dir=workdir, source=workdir / "gateway.yaml")
     gateway = Gateway(settings)
+    if wrap_spool is not None:
+        gateway.spool = wrap_spool(gateway.spool)
     gateway.start()
     try:
         token = builtin_issuer(settings).issue("test-client", SCOPES)

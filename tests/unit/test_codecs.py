@@ -33,24 +33,25 @@ from pathlib import Path
 from pydicom.data import get_testdata_file
 from pydicom.pixels import get_decoder, get_encoder
 from pydicom.uid import AllTransferSyntaxes
-from gateway.dicom.pixels import decoded_frame, pixel_layout
+from gateway.dicom.pixels import StoredFrames
 from gateway.dicom.render import Presentation, render_frame
 from gateway.dicom.transcode import can_decode, to_explicit_little_endian
 
 out = {"work": {}}
 for name in ("examples_ybr_color.dcm", "JPEG2000.dcm", "JPEGLSNearLossless_16.dcm"):
     path = Path(get_testdata_file(name))
-    header, layout = pixel_layout(path)
     with path.open("rb") as source:
         explicit = to_explicit_little_endian(source)
-    out["work"][name] = [
-        can_decode(layout.transfer_syntax),
-        hashlib.sha256(decoded_frame(path, layout, 1)).hexdigest(),
-        hashlib.sha256(explicit).hexdigest(),
-        hashlib.sha256(
-            render_frame(path, header, 1, Presentation(media_type="image/png"))
-        ).hexdigest(),
-    ]
+    with path.open("rb") as stored:
+        frames = StoredFrames(stored)
+        out["work"][name] = [
+            can_decode(frames.layout.transfer_syntax),
+            hashlib.sha256(frames.decoded(1)).hexdigest(),
+            hashlib.sha256(explicit).hexdigest(),
+            hashlib.sha256(
+                render_frame(frames, 1, Presentation(media_type="image/png"))
+            ).hexdigest(),
+        ]
 # After the work: what pydicom's pixel side looks like now.
 coders = {}
 for uid in AllTransferSyntaxes:
